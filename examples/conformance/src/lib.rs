@@ -1,0 +1,116 @@
+//! The conformance app of `CONFORMANCE_APP.md`: the example that outside test
+//! suites (the official Phoenix clients, load tools) drive over the network.
+//!
+//! Its behaviour is a contract: a socket at `/socket` with the `room:*`,
+//! `chat:*` and `bench:*` channels, and an HTTP API for tests. Run it with
+//! `cargo run --release --bin fawkes-conformance`.
+
+mod channels;
+mod http_api;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fawkes::{
+    Assigns, CheckOrigin, ConnectInfo, Endpoint, Params, Refused, Socket, WebSocketConfig,
+};
+
+pub use channels::{Bench, Chat, Room, UserId};
+
+/// How the app is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The node's name, for `/healthz`, `/api/stats` and logs.
+    pub node_name: String,
+    /// Close a WebSocket that received nothing for this long (default 60 s).
+    pub idle_timeout: Duration,
+    /// `redis://HOST:PORT` to join a cluster; `None` runs alone.
+    pub pubsub: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node_name: random_node_name(),
+            idle_timeout: Duration::from_secs(60),
+            pubsub: None,
+        }
+    }
+}
+
+/// A name unique enough to tell nodes apart: `fawkes-<pid>-<nanos>`.
+pub fn random_node_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("fawkes-{}-{nanos:08x}", std::process::id())
+}
+
+/// The socket: `reject=true` (or the bearer token `reject`) refuses,
+/// `user_id=U` names the socket `user_socket:U`.
+pub struct UserSocket;
+
+impl Socket for UserSocket {
+    async fn connect(&self, params: &Params, info: &ConnectInfo) -> Result<Assigns, Refused> {
+        if params.get_str("reject") == Some("true") || info.auth_token.as_deref() == Some("reject")
+        {
+            return Err(Refused::new());
+        }
+        let mut assigns = Assigns::new();
+        if let Some(user_id) = params.get_str("user_id") {
+            assigns.insert(UserId(user_id.to_owned()));
+        }
+        Ok(assigns)
+    }
+
+    fn id(&self, assigns: &Assigns) -> Option<String> {
+        assigns
+            .get::<UserId>()
+            .map(|u| format!("user_socket:{}", u.0))
+    }
+}
+
+/// Builds the app: the router to serve and the endpoint handle.
+///
+/// # Panics
+///
+/// If `opts.pubsub` is set: clustering over Redis is not built yet.
+pub fn app(opts: &Options) -> (axum::Router, Endpoint) {
+    assert!(
+        opts.pubsub.is_none(),
+        "--pubsub is not supported yet: this build runs a single node"
+    );
+    let check_origin =
+        CheckOrigin::list(["//localhost", "//127.0.0.1"]).unwrap_or_else(|e| panic!("{e}"));
+    let (socket_router, endpoint) = Endpoint::builder()
+        .socket("/socket", UserSocket)
+        .channel("room:*", Room)
+        .channel("chat:*", Chat)
+        .channel("bench:*", Bench)
+        .check_origin(check_origin)
+        .websocket(WebSocketConfig::default().idle_timeout(opts.idle_timeout))
+        .build();
+    let router = socket_router.merge(http_api::router(endpoint.clone(), opts.node_name.clone()));
+    (router, endpoint)
+}
+
+/// Serves the app on `listener` until `shutdown` resolves, then closes every
+/// socket (code 1012) after running their channels' terminate, and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    opts: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, endpoint) = app(&opts);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        endpoint.shutdown().await;
+    })
+    .await
+}

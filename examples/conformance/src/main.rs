@@ -1,0 +1,90 @@
+//! The conformance app's binary.
+//!
+//! Run with `cargo run --release --bin fawkes-conformance` (options:
+//! `--port`, `--host`, `--node-name`; see `--help`).
+
+use clap::Parser;
+use fawkes_conformance::{Options, random_node_name, serve};
+use tracing_subscriber::EnvFilter;
+
+/// Serves the Fawkes conformance app.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// `redis://HOST:PORT` to join a cluster (not yet supported).
+    #[arg(long, env = "PUBSUB_URL")]
+    pubsub: Option<String>,
+    /// The node's name (default: random).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let cli = Cli::parse();
+    if cli.pubsub.is_some() {
+        tracing::error!("--pubsub is not supported yet: this build runs a single node");
+        return std::process::ExitCode::FAILURE;
+    }
+    let listener = match tokio::net::TcpListener::bind((cli.host.as_str(), cli.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(host = %cli.host, port = cli.port, error = %e, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the listening address");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let opts = Options {
+        node_name: cli.node_name.unwrap_or_else(random_node_name),
+        ..Options::default()
+    };
+    tracing::info!(node = %opts.node_name, "listening on http://{addr}");
+    match serve(listener, opts, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,34 @@
+//! The Phoenix Channels wire protocol, as pure functions: no sockets, no tasks.
+//!
+//! A [`Message`] has five fields (`join_ref`, `ref`, `topic`, `event`,
+//! `payload`). A [`Serializer`] turns client frames into messages and
+//! server messages into [`Frame`]s, in one of the two versions Phoenix speaks:
+//!
+//! * V1 (`vsn=1.0.x`): one JSON object per text frame, `join_ref` never sent.
+//! * V2 (`vsn=2.0.x`): one JSON array `[join_ref, ref, topic, event, payload]`
+//!   per text frame, and binary frames for binary payloads.
+//!
+//! Refs are opaque: they are kept as the exact JSON value the client sent and
+//! echoed back unchanged (a numeric ref comes back as the same number).
+//!
+//! ```
+//! use fawkes_protocol::{Frame, Payload, Reply, Serializer};
+//! use serde_json::json;
+//!
+//! let s = Serializer::negotiate(Some("2.0.0")).unwrap();
+//! let msg = s.decode_text(r#"["3","7","room:lobby","echo",{"x":1}]"#).unwrap();
+//! assert_eq!(msg.event, "echo");
+//!
+//! let reply = Reply::new(&msg, msg.join_ref.clone(), "ok", msg.payload.clone());
+//! let Frame::Text(bytes) = s.encode_reply(&reply).unwrap() else { unreachable!() };
+//! assert_eq!(&bytes[..], br#"["3","7","room:lobby","phx_reply",{"status":"ok","response":{"x":1}}]"#);
+//! ```
+
+mod binary;
+mod error;
+mod message;
+mod serializer;
+
+pub use error::{DecodeError, EncodeError, VsnError};
+pub use message::{Frame, Message, Payload, Ref, Reply, events};
+pub use serializer::Serializer;

@@ -1,0 +1,159 @@
+//! The protocol's data: messages in, replies and frames out.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// Event names the protocol reserves (PROTOCOL §3).
+pub mod events {
+    /// Client asks to join a topic.
+    pub const JOIN: &str = "phx_join";
+    /// Client leaves a topic.
+    pub const LEAVE: &str = "phx_leave";
+    /// Server answer to a client message.
+    pub const REPLY: &str = "phx_reply";
+    /// Server closed a channel for good.
+    pub const CLOSE: &str = "phx_close";
+    /// Server channel crashed; the client may rejoin.
+    pub const ERROR: &str = "phx_error";
+    /// Client keep-alive on the [`PHOENIX_TOPIC`].
+    pub const HEARTBEAT: &str = "heartbeat";
+    /// The socket-level topic heartbeats travel on.
+    pub const PHOENIX_TOPIC: &str = "phoenix";
+}
+
+/// An opaque ref or join ref: the exact JSON value the client sent.
+///
+/// phoenix.js sends decimal strings, but a server must echo any value
+/// unchanged, so refs are compared and written as JSON values.
+pub type Ref = Value;
+
+/// A message payload: a JSON value, or bytes (V2 binary frames only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A JSON payload (an object for every event Phoenix defines).
+    Json(Value),
+    /// A binary payload, carried in a V2 binary frame.
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The empty object `{}`, the payload of `phx_close` and bare replies.
+    pub fn empty() -> Self {
+        Payload::Json(Value::Object(Default::default()))
+    }
+
+    /// The JSON value, if this is a JSON payload.
+    pub fn as_json(&self) -> Option<&Value> {
+        match self {
+            Payload::Json(v) => Some(v),
+            Payload::Binary(_) => None,
+        }
+    }
+
+    /// The bytes, if this is a binary payload.
+    pub fn as_binary(&self) -> Option<&Bytes> {
+        match self {
+            Payload::Binary(b) => Some(b),
+            Payload::Json(_) => None,
+        }
+    }
+
+    /// Whether the payload is binary.
+    pub fn is_binary(&self) -> bool {
+        matches!(self, Payload::Binary(_))
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Self {
+        Payload::Json(v)
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Self {
+        Payload::Binary(b)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(b: Vec<u8>) -> Self {
+        Payload::Binary(Bytes::from(b))
+    }
+}
+
+/// One protocol message, in either direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The join this message belongs to; `None` is JSON `null`.
+    pub join_ref: Option<Ref>,
+    /// Correlation id of a client message; `None` for server pushes.
+    pub ref_: Option<Ref>,
+    /// The topic, e.g. `room:lobby`.
+    pub topic: String,
+    /// The event, e.g. `phx_join` or an application event.
+    pub event: String,
+    /// The payload.
+    pub payload: Payload,
+}
+
+/// A `phx_reply` to a client message: `{"status": S, "response": R}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The join ref the reply carries (the channel's, or `None`).
+    pub join_ref: Option<Ref>,
+    /// The ref of the message answered.
+    pub ref_: Option<Ref>,
+    /// The topic of the message answered.
+    pub topic: String,
+    /// `ok`, `error`, or an application status.
+    pub status: String,
+    /// The response: JSON (usually an object) or bytes.
+    pub response: Payload,
+}
+
+impl Reply {
+    /// A reply to `request` carrying `join_ref`.
+    pub fn new(
+        request: &Message,
+        join_ref: Option<Ref>,
+        status: impl Into<String>,
+        response: Payload,
+    ) -> Self {
+        Reply {
+            join_ref,
+            ref_: request.ref_.clone(),
+            topic: request.topic.clone(),
+            status: status.into(),
+            response,
+        }
+    }
+}
+
+/// An encoded frame, ready for a transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text frame; the bytes are always valid UTF-8.
+    Text(Bytes),
+    /// A binary frame (V2 only).
+    Binary(Bytes),
+}
+
+impl Frame {
+    /// The encoded bytes, whatever the kind.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b,
+        }
+    }
+
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether the frame is empty (never true for an encoded message).
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+}

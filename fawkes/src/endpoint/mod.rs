@@ -1,0 +1,328 @@
+//! The endpoint: what users build and hold.
+//!
+//! [`Endpoint::builder`] mounts sockets with their channel routes and returns
+//! an [`axum::Router`] to serve (alone or merged into the application's own)
+//! and the [`Endpoint`] handle, which broadcasts from code outside any
+//! channel, disconnects sockets by id, reports counts and shuts down.
+//!
+//! ```no_run
+//! use fawkes::{Assigns, Channel, ConnectInfo, Context, Endpoint, HandleResult, Params, Payload, Refused, Socket};
+//! use serde_json::{json, Value};
+//!
+//! struct UserSocket;
+//! impl Socket for UserSocket {
+//!     async fn connect(&self, _: &Params, _: &ConnectInfo) -> Result<Assigns, Refused> {
+//!         Ok(Assigns::new())
+//!     }
+//! }
+//!
+//! #[derive(Clone)]
+//! struct Room;
+//! impl Channel for Room {
+//!     type Info = ();
+//!     async fn join(&mut self, _: &str, _: Value, _: &mut Context<Self>) -> Result<Value, Value> {
+//!         Ok(json!({}))
+//!     }
+//!     async fn handle_in(&mut self, _: &str, payload: Payload, _: &mut Context<Self>) -> HandleResult {
+//!         HandleResult::ok(payload)
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let (router, endpoint) = Endpoint::builder()
+//!     .socket("/socket", UserSocket)
+//!     .channel("room:*", Room)
+//!     .build();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! let shutdown = endpoint.clone();
+//! axum::serve(listener, router)
+//!     .with_graceful_shutdown(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         shutdown.shutdown().await;
+//!     })
+//!     .await
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::any;
+use fawkes_protocol::Payload;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::channel::{Channel, ChannelError, ChannelFactory, Route};
+use crate::pubsub::PubSub;
+use crate::socket::{DynSocket, OutboxLimits, Socket, TopicPattern};
+use crate::transport::{CheckOrigin, WebSocketConfig, websocket};
+
+/// What every task of an endpoint shares.
+pub(crate) struct Shared {
+    pub(crate) pubsub: PubSub,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) root: CancellationToken,
+    pub(crate) sockets: AtomicUsize,
+    pub(crate) channels: AtomicUsize,
+    shutdown_timeout: Duration,
+}
+
+/// One mounted socket's handler, routes and limits.
+pub(crate) struct SocketConfig {
+    pub(crate) handler: Arc<dyn DynSocket>,
+    pub(crate) routes: Vec<(TopicPattern, Arc<dyn ChannelFactory>)>,
+    pub(crate) max_channels: usize,
+    pub(crate) channel_mailbox: usize,
+    pub(crate) outbox: OutboxLimits,
+    pub(crate) check_origin: CheckOrigin,
+    pub(crate) websocket: WebSocketConfig,
+}
+
+impl SocketConfig {
+    /// The first route matching `topic` (PROTOCOL §4.2).
+    pub(crate) fn route(&self, topic: &str) -> Option<&Arc<dyn ChannelFactory>> {
+        self.routes
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map(|(_, f)| f)
+    }
+}
+
+/// Counts of this node's live connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connected sockets.
+    pub sockets: usize,
+    /// Joined channels.
+    pub channels: usize,
+}
+
+/// The handle to a running endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Starts building an endpoint.
+    pub fn builder() -> EndpointBuilder {
+        EndpointBuilder {
+            pubsub: None,
+            sockets: Vec::new(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Broadcasts to every subscriber of `topic` on every node, as code
+    /// outside any channel (intercepted events still run `handle_out`).
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<(), ChannelError> {
+        self.shared.pubsub.broadcast(topic, event, payload)
+    }
+
+    /// Broadcasts to the subscribers of `topic` on this node only.
+    pub fn local_broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<(), ChannelError> {
+        self.shared.pubsub.local_broadcast(topic, event, payload)
+    }
+
+    /// Closes every socket whose id is `socket_id`, on every node (code 1001;
+    /// their channels terminate). Anonymous sockets are never affected.
+    pub fn disconnect(&self, socket_id: &str) {
+        let _ = self
+            .shared
+            .pubsub
+            .broadcast(socket_id, "disconnect", json!({}));
+    }
+
+    /// This node's socket and channel counts.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            sockets: self.shared.sockets.load(Ordering::Relaxed),
+            channels: self.shared.channels.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The endpoint's pubsub.
+    pub fn pubsub(&self) -> &PubSub {
+        &self.shared.pubsub
+    }
+
+    /// Shuts down: refuses new connections, closes every socket with code
+    /// 1012 after running its channels' `terminate`, and waits for them (up
+    /// to the shutdown timeout, 30 s by default).
+    ///
+    /// The HTTP server's own graceful shutdown does not cover upgraded
+    /// WebSockets; call this from it, as the builder's example does.
+    pub async fn shutdown(&self) {
+        self.shared.root.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(self.shared.shutdown_timeout, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "fawkes::endpoint", tasks = self.shared.tracker.len(), "shutdown timed out");
+        }
+    }
+}
+
+/// Builds an [`Endpoint`] and its router.
+#[must_use]
+pub struct EndpointBuilder {
+    pubsub: Option<PubSub>,
+    sockets: Vec<(String, SocketConfig)>,
+    shutdown_timeout: Duration,
+}
+
+impl EndpointBuilder {
+    /// Uses this pubsub (for instance one with a cluster adapter) instead of a
+    /// new in-memory one.
+    pub fn pubsub(mut self, pubsub: PubSub) -> Self {
+        self.pubsub = Some(pubsub);
+        self
+    }
+
+    /// How long [`Endpoint::shutdown`] waits for sockets to close. Default 30 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Mounts a socket handler at `path` (e.g. `/socket`): WebSocket at
+    /// `<path>/websocket`.
+    pub fn socket(self, path: &str, handler: impl Socket) -> SocketBuilder {
+        SocketBuilder {
+            endpoint: self,
+            path: path.trim_end_matches('/').to_owned(),
+            config: SocketConfig {
+                handler: Arc::new(handler),
+                routes: Vec::new(),
+                max_channels: 100,
+                channel_mailbox: 1024,
+                outbox: OutboxLimits {
+                    frames: 4096,
+                    bytes: 16 << 20,
+                },
+                check_origin: CheckOrigin::default(),
+                websocket: WebSocketConfig::default(),
+            },
+        }
+    }
+
+    /// Builds the router to serve and the endpoint handle.
+    pub fn build(self) -> (Router, Endpoint) {
+        let shared = Arc::new(Shared {
+            pubsub: self.pubsub.unwrap_or_default(),
+            tracker: TaskTracker::new(),
+            root: CancellationToken::new(),
+            sockets: AtomicUsize::new(0),
+            channels: AtomicUsize::new(0),
+            shutdown_timeout: self.shutdown_timeout,
+        });
+        let mut router = Router::new();
+        for (path, config) in self.sockets {
+            let config = Arc::new(config);
+            let env = shared.clone();
+            router = router.route(
+                &format!("{path}/websocket"),
+                any(move |req| websocket::handle(config.clone(), env.clone(), req)),
+            );
+        }
+        (router, Endpoint { shared })
+    }
+}
+
+/// Configures one mounted socket: its channel routes and limits.
+#[must_use]
+pub struct SocketBuilder {
+    endpoint: EndpointBuilder,
+    path: String,
+    config: SocketConfig,
+}
+
+impl SocketBuilder {
+    /// Routes topics matching `pattern` (`"room:lobby"`, or `"room:*"` for a
+    /// prefix) to a clone of `channel`, one per join. Routes are tried in
+    /// the order declared.
+    ///
+    /// # Panics
+    ///
+    /// If `*` appears elsewhere than at the end of `pattern`.
+    pub fn channel<C: Channel>(mut self, pattern: &str, channel: C) -> Self {
+        let pattern = TopicPattern::parse(pattern).unwrap_or_else(|e| panic!("{e}"));
+        self.config.routes.push((pattern, Arc::new(Route(channel))));
+        self
+    }
+
+    /// Which origins may connect. Default: [`CheckOrigin::SameHost`].
+    pub fn check_origin(mut self, check: CheckOrigin) -> Self {
+        self.config.check_origin = check;
+        self
+    }
+
+    /// WebSocket limits and buffers.
+    pub fn websocket(mut self, config: WebSocketConfig) -> Self {
+        self.config.websocket = config;
+        self
+    }
+
+    /// At most this many channels per socket; the next join is refused with
+    /// `{"reason":"too many channels joined"}`. Default 100, as Phoenix.
+    pub fn max_channels(mut self, max: usize) -> Self {
+        self.config.max_channels = max;
+        self
+    }
+
+    /// Bounds of each socket's queue of outgoing frames. When a client reads
+    /// so slowly that its queue would exceed `frames` frames or `bytes`
+    /// bytes, the frame is dropped and the socket closed with code 1013
+    /// (the client reconnects). Default 4096 frames, 16 MiB.
+    pub fn outbox_limits(mut self, frames: usize, bytes: usize) -> Self {
+        self.config.outbox = OutboxLimits { frames, bytes };
+        self
+    }
+
+    /// Bound of each channel's queue of messages. A client pushing faster
+    /// than its channel handles waits (its socket stops reading); a channel
+    /// whose intercepted broadcasts pile up beyond it closes its socket
+    /// (code 1013). Default 1024.
+    pub fn channel_mailbox(mut self, capacity: usize) -> Self {
+        self.config.channel_mailbox = capacity.max(1);
+        self
+    }
+
+    /// Mounts another socket handler.
+    pub fn socket(self, path: &str, handler: impl Socket) -> SocketBuilder {
+        self.finish().socket(path, handler)
+    }
+
+    fn finish(mut self) -> EndpointBuilder {
+        self.endpoint.sockets.push((self.path, self.config));
+        self.endpoint
+    }
+
+    /// Builds the router to serve and the endpoint handle.
+    pub fn build(self) -> (Router, Endpoint) {
+        self.finish().build()
+    }
+}

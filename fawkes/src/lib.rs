@@ -1,0 +1,44 @@
+//! Fawkes: Phoenix Channels for Rust.
+//!
+//! A client opens one **socket** (a WebSocket) and multiplexes **channels**
+//! over it, one per **topic** it joins (`room:lobby`). Your [`Socket`]
+//! authenticates the connection in `connect` and may name it with `id`; your
+//! [`Channel`]s authorise joins, handle the events clients push, reply, push
+//! to their client and **broadcast** to every subscriber of their topic
+//! through [`pubsub`]. The wire protocol is Phoenix's, so the official
+//! `phoenix` JavaScript client (and its Swift, Kotlin and C# ports) work
+//! unmodified.
+//!
+//! The path of a message: transport → socket task → channel task (one per
+//! joined topic) → the socket's outbox → transport. A broadcast is encoded
+//! once per serializer version and the same bytes go to every subscriber,
+//! unless the channel intercepts the event and runs
+//! [`handle_out`](Channel::handle_out) per subscriber.
+//!
+//! Modules, in the order a message meets them:
+//!
+//! * [`protocol`]: messages and the V1/V2 serializers (the `fawkes-protocol` crate).
+//! * [`socket`]: the socket handler, topic routing, per-connection dispatch.
+//! * [`channel`]: the channel trait, its context, the channel task.
+//! * [`pubsub`]: topics, subscribers, the fast lane, the cluster adapter seam.
+//! * [`transport`]: WebSocket on axum, origin check, limits.
+//! * [`endpoint`]: the builder and the handle users hold.
+
+pub mod channel;
+pub mod endpoint;
+mod mailbox;
+pub mod pubsub;
+pub mod socket;
+pub mod transport;
+
+/// The wire protocol (re-export of the `fawkes-protocol` crate).
+pub use fawkes_protocol as protocol;
+
+pub use channel::{
+    Channel, ChannelError, ChannelHandle, Context, HandleResult, Reply, ReplyRef, StopReason,
+    TimerRef,
+};
+pub use endpoint::{Endpoint, EndpointBuilder, SocketBuilder, Stats};
+pub use fawkes_protocol::Payload;
+pub use socket::{Assigns, ConnectInfo, Params, Refused, Socket, Transport};
+pub use transport::{CheckOrigin, TransportError, WebSocketConfig};

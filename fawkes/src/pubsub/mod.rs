@@ -1,0 +1,344 @@
+//! PubSub: topic → local subscribers, and the fast lane that encodes a
+//! broadcast once per serializer however many subscribers it has.
+//!
+//! Owns `broadcast`, `broadcast_from` and broadcasts from outside any
+//! channel, and the [`Adapter`] seam through which a cluster backend carries
+//! broadcasts to other nodes. Knows nothing of channels' callbacks: a
+//! subscriber is anything implementing [`Subscriber`].
+//!
+//! ```
+//! use fawkes::pubsub::PubSub;
+//! use serde_json::json;
+//!
+//! let pubsub = PubSub::new();
+//! // Reaches every subscriber of the topic on every node.
+//! pubsub.broadcast("room:lobby", "new_msg", json!({"body": "hi"})).unwrap();
+//! ```
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use fawkes_protocol::{Frame, Payload, Serializer};
+
+use crate::channel::{ChannelError, valid_payload};
+
+/// Identifies one subscription, so `broadcast_from` can skip its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+/// A broadcast on a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broadcast {
+    /// The topic.
+    pub topic: String,
+    /// The event.
+    pub event: String,
+    /// An object or bytes.
+    pub payload: Payload,
+    /// The subscription that must not receive it (`broadcast_from`).
+    pub from: Option<SubscriptionId>,
+}
+
+/// The frames of one broadcast, encoded at most once per serializer.
+#[derive(Default)]
+pub struct EncodedBroadcast {
+    v1: Option<Option<Frame>>,
+    v2: Option<Option<Frame>>,
+}
+
+impl EncodedBroadcast {
+    /// The fast-lane frame of `msg` for `serializer`, encoded on first use;
+    /// `None` when it has no form there (bytes on V1).
+    pub fn frame(&mut self, serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
+        let slot = match serializer {
+            Serializer::V1 => &mut self.v1,
+            Serializer::V2 => &mut self.v2,
+        };
+        slot.get_or_insert_with(|| {
+            match serializer.encode_broadcast(&msg.topic, &msg.event, &msg.payload) {
+                Ok(frame) => Some(frame),
+                Err(err) => {
+                    tracing::warn!(target: "fawkes::pubsub", topic = %msg.topic, event = %msg.event, %err, "broadcast not deliverable");
+                    None
+                }
+            }
+        })
+        .clone()
+    }
+}
+
+/// A local receiver of broadcasts.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Delivers one broadcast. Runs on the broadcaster's task, so it must not
+    /// block: queue the frame (`encoded` gives the shared bytes) or a message.
+    fn deliver(&self, msg: &Arc<Broadcast>, encoded: &mut EncodedBroadcast);
+}
+
+/// Carries broadcasts between nodes. The local fan-out is the [`PubSub`]'s;
+/// an adapter only publishes what this node broadcasts and feeds what other
+/// nodes broadcast into [`PubSub::deliver_local`].
+pub trait Adapter: Send + Sync + 'static {
+    /// Publishes a broadcast made on this node to the other nodes.
+    fn publish(&self, msg: &Arc<Broadcast>);
+    /// The topic gained its first local subscriber.
+    fn subscribed(&self, topic: &str) {
+        let _ = topic;
+    }
+    /// The topic lost its last local subscriber.
+    fn unsubscribed(&self, topic: &str) {
+        let _ = topic;
+    }
+}
+
+const SHARDS: usize = 16;
+
+type Subscribers = Vec<(SubscriptionId, Arc<dyn Subscriber>)>;
+
+struct Inner {
+    shards: [RwLock<HashMap<Box<str>, Subscribers>>; SHARDS],
+    hasher: RandomState,
+    next_id: AtomicU64,
+    adapter: RwLock<Option<Arc<dyn Adapter>>>,
+}
+
+/// The node's publish/subscribe hub. Cheap to clone.
+#[derive(Clone)]
+pub struct PubSub {
+    inner: Arc<Inner>,
+}
+
+impl Default for PubSub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for PubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSub").finish_non_exhaustive()
+    }
+}
+
+impl PubSub {
+    /// An in-memory pubsub for one node.
+    pub fn new() -> Self {
+        PubSub {
+            inner: Arc::new(Inner {
+                shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+                hasher: RandomState::new(),
+                next_id: AtomicU64::new(1),
+                adapter: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// Installs the adapter that links this node to others.
+    pub fn set_adapter(&self, adapter: Arc<dyn Adapter>) {
+        *self
+            .inner
+            .adapter
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(adapter);
+    }
+
+    fn adapter(&self) -> Option<Arc<dyn Adapter>> {
+        self.inner
+            .adapter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn shard(&self, topic: &str) -> &RwLock<HashMap<Box<str>, Subscribers>> {
+        let i = self.inner.hasher.hash_one(topic) as usize % SHARDS;
+        &self.inner.shards[i]
+    }
+
+    /// Subscribes `subscriber` to `topic`.
+    pub fn subscribe(&self, topic: &str, subscriber: Arc<dyn Subscriber>) -> SubscriptionId {
+        let id = SubscriptionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let first = {
+            let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+            let subs = shard.entry(topic.into()).or_default();
+            subs.push((id, subscriber));
+            subs.len() == 1
+        };
+        if first && let Some(adapter) = self.adapter() {
+            adapter.subscribed(topic);
+        }
+        id
+    }
+
+    /// Removes a subscription; the topic's entry goes with its last subscriber.
+    /// Once this returns, no broadcast reaches the subscription.
+    pub fn unsubscribe(&self, topic: &str, id: SubscriptionId) {
+        let last = {
+            let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+            let Some(subs) = shard.get_mut(topic) else {
+                return;
+            };
+            let Some(pos) = subs.iter().position(|(s, _)| *s == id) else {
+                return;
+            };
+            subs.swap_remove(pos);
+            if subs.is_empty() {
+                shard.remove(topic);
+                true
+            } else {
+                if subs.capacity() > 2 * subs.len() + 8 {
+                    subs.shrink_to_fit();
+                }
+                false
+            }
+        };
+        if last && let Some(adapter) = self.adapter() {
+            adapter.unsubscribed(topic);
+        }
+    }
+
+    /// The number of local subscribers of `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
+        shard.get(topic).map_or(0, Vec::len)
+    }
+
+    /// Broadcasts to every subscriber of `topic` on every node.
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<(), ChannelError> {
+        self.publish(topic, event, payload.into(), None, true)
+    }
+
+    /// Broadcasts to every subscriber of `topic` but `from`, on every node.
+    pub fn broadcast_from(
+        &self,
+        from: SubscriptionId,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<(), ChannelError> {
+        self.publish(topic, event, payload.into(), Some(from), true)
+    }
+
+    /// Broadcasts to the subscribers of `topic` on this node only.
+    pub fn local_broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: impl Into<Payload>,
+    ) -> Result<(), ChannelError> {
+        self.publish(topic, event, payload.into(), None, false)
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        from: Option<SubscriptionId>,
+        cluster: bool,
+    ) -> Result<(), ChannelError> {
+        if !valid_payload(&payload) {
+            return Err(ChannelError::InvalidPayload);
+        }
+        let msg = Arc::new(Broadcast {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload,
+            from,
+        });
+        self.deliver_local(&msg);
+        if cluster && let Some(adapter) = self.adapter() {
+            adapter.publish(&msg);
+        }
+        Ok(())
+    }
+
+    /// Delivers a broadcast to this node's subscribers (adapters call this
+    /// for broadcasts from other nodes).
+    pub fn deliver_local(&self, msg: &Arc<Broadcast>) {
+        let mut encoded = EncodedBroadcast::default();
+        let shard = self
+            .shard(&msg.topic)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get(msg.topic.as_str()) else {
+            return;
+        };
+        for (id, sub) in subs {
+            if Some(*id) != msg.from {
+                sub.deliver(msg, &mut encoded);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, Option<Frame>)>>);
+
+    impl Subscriber for Recorder {
+        fn deliver(&self, msg: &Arc<Broadcast>, encoded: &mut EncodedBroadcast) {
+            let frame = encoded.frame(Serializer::V2, msg);
+            self.0.lock().unwrap().push((msg.event.clone(), frame));
+        }
+    }
+
+    #[test]
+    fn broadcast_reaches_subscribers_and_from_skips_sender() {
+        let ps = PubSub::new();
+        let a = Arc::new(Recorder::default());
+        let b = Arc::new(Recorder::default());
+        let ida = ps.subscribe("t", a.clone());
+        ps.subscribe("t", b.clone());
+        ps.broadcast("t", "e1", serde_json::json!({})).unwrap();
+        ps.broadcast_from(ida, "t", "e2", serde_json::json!({}))
+            .unwrap();
+        assert_eq!(a.0.lock().unwrap().len(), 1);
+        assert_eq!(b.0.lock().unwrap().len(), 2);
+        let frames = b.0.lock().unwrap();
+        assert_eq!(
+            frames[0].1.as_ref().unwrap().bytes().as_ref(),
+            br#"[null,null,"t","e1",{}]"#
+        );
+    }
+
+    #[test]
+    fn encodes_once_per_serializer() {
+        let msg = Arc::new(Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: serde_json::json!({"a": 1}).into(),
+            from: None,
+        });
+        let mut enc = EncodedBroadcast::default();
+        let f1 = enc.frame(Serializer::V2, &msg).unwrap();
+        let f2 = enc.frame(Serializer::V2, &msg).unwrap();
+        // Same allocation: the second call reuses the first encoding.
+        assert_eq!(f1.bytes().as_ptr(), f2.bytes().as_ptr());
+    }
+
+    #[test]
+    fn unsubscribe_removes_topic_and_rejects_non_objects() {
+        let ps = PubSub::new();
+        let a = Arc::new(Recorder::default());
+        let id = ps.subscribe("t", a.clone());
+        assert_eq!(ps.subscriber_count("t"), 1);
+        ps.unsubscribe("t", id);
+        assert_eq!(ps.subscriber_count("t"), 0);
+        assert!(ps.inner.shards.iter().all(|s| s.read().unwrap().is_empty()));
+        assert_eq!(
+            ps.broadcast("t", "e", serde_json::json!([1])),
+            Err(ChannelError::InvalidPayload)
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Dispatch of one connection's messages (PROTOCOL §4.3), whatever the
+//! transport.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use fawkes_protocol::{Message, Payload, events};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{CloseReason, SocketEvent, SocketShared, reply_frame};
+use crate::channel::{ChannelCore, ChannelMsg, Incoming, JoinRequest};
+use crate::endpoint::{Shared, SocketConfig};
+use crate::mailbox::Mailbox;
+use crate::pubsub::{Broadcast, EncodedBroadcast, Subscriber, SubscriptionId};
+
+/// Closes the socket when `disconnect` is broadcast on its id (PROTOCOL §4.11).
+struct IdSubscriber(Arc<SocketShared>);
+
+impl Subscriber for IdSubscriber {
+    fn deliver(&self, msg: &Arc<Broadcast>, _: &mut EncodedBroadcast) {
+        if msg.event == "disconnect" {
+            self.0.close(CloseReason::Disconnected);
+        }
+    }
+}
+
+/// One connection's socket state: its channels by topic.
+pub(crate) struct Conn {
+    pub(crate) shared: Arc<SocketShared>,
+    pub(crate) config: Arc<SocketConfig>,
+    env: Arc<Shared>,
+    channels: HashMap<Arc<str>, Arc<ChannelCore>>,
+    id_subscription: Option<SubscriptionId>,
+    next_instance: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        shared: Arc<SocketShared>,
+        config: Arc<SocketConfig>,
+        env: Arc<Shared>,
+    ) -> Self {
+        let id_subscription = shared.id.as_deref().map(|id| {
+            env.pubsub
+                .subscribe(id, Arc::new(IdSubscriber(shared.clone())))
+        });
+        env.sockets.fetch_add(1, Ordering::Relaxed);
+        Conn {
+            shared,
+            config,
+            env,
+            channels: HashMap::new(),
+            id_subscription,
+            next_instance: 0,
+        }
+    }
+
+    fn reply(
+        &self,
+        join_ref: Option<fawkes_protocol::Ref>,
+        msg: &Message,
+        status: &str,
+        response: serde_json::Value,
+    ) {
+        if let Some(frame) = reply_frame(
+            &self.shared,
+            join_ref,
+            msg.ref_.clone(),
+            &msg.topic,
+            status,
+            Payload::Json(response),
+        ) {
+            self.shared.push(frame);
+        }
+    }
+
+    fn unmatched(&self, msg: &Message) {
+        self.reply(None, msg, "error", json!({"reason": "unmatched topic"}));
+    }
+
+    /// Applies what the socket's channels reported.
+    pub(crate) fn handle_events(&mut self, events: Vec<SocketEvent>) {
+        for event in events {
+            match event {
+                SocketEvent::ChannelExited { topic, instance } => {
+                    if self
+                        .channels
+                        .get(&topic)
+                        .is_some_and(|c| c.instance == instance)
+                    {
+                        self.channels.remove(&topic);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one decoded client message.
+    pub(crate) async fn handle(&mut self, msg: Message) {
+        if msg.topic == events::PHOENIX_TOPIC && msg.event == events::HEARTBEAT {
+            // PROTOCOL §4.12: join_ref null, whatever the request carried.
+            self.reply(None, &msg, "ok", json!({}));
+            return;
+        }
+        if msg.event == events::JOIN {
+            self.join(msg).await;
+            return;
+        }
+        let Some(core) = self.channels.get(msg.topic.as_str()).cloned() else {
+            if msg.event == events::LEAVE {
+                self.reply(msg.join_ref.clone(), &msg, "ok", json!({}));
+            } else {
+                self.unmatched(&msg);
+            }
+            return;
+        };
+        if msg.join_ref.is_some() && msg.join_ref != core.join_ref {
+            // PROTOCOL §4.3 step 4: a stale join ref is dropped silently.
+            tracing::debug!(target: "fawkes::socket", topic = %msg.topic, event = %msg.event, "stale join_ref, dropped");
+            return;
+        }
+        let leave = msg.event == events::LEAVE;
+        let Message {
+            join_ref,
+            ref_,
+            topic,
+            event,
+            payload,
+        } = msg;
+        let delivery = if leave {
+            ChannelMsg::Leave(Box::new((join_ref.clone(), ref_.clone())))
+        } else {
+            ChannelMsg::In(Box::new(Incoming {
+                event,
+                payload,
+                ref_: ref_.clone(),
+            }))
+        };
+        // Backpressure: a channel slower than its client slows the reading of
+        // the socket, never grows its mailbox beyond the bound.
+        let sent = tokio::select! {
+            r = core.mailbox.send(delivery) => r.is_ok(),
+            _ = self.shared.cancel.cancelled() => return,
+        };
+        if !sent {
+            // The channel ended meanwhile: answer as for a topic without one.
+            self.channels.remove(topic.as_str());
+            let msg = Message {
+                join_ref: join_ref.clone(),
+                ref_,
+                topic,
+                event: String::new(),
+                payload: Payload::empty(),
+            };
+            if leave {
+                self.reply(join_ref, &msg, "ok", json!({}));
+            } else {
+                self.unmatched(&msg);
+            }
+        }
+    }
+
+    async fn join(&mut self, msg: Message) {
+        let mut after_reply = None;
+        if let Some(old) = self.channels.remove(msg.topic.as_str()) {
+            // PROTOCOL §4.6: the old instance goes without terminate; its
+            // phx_close follows the new join's reply.
+            old.kill();
+            after_reply = old.control_frame(events::CLOSE, json!({}));
+        }
+        let refuse =
+            |this: &Self, join_ref, response, after_reply: Option<fawkes_protocol::Frame>| {
+                this.reply(join_ref, &msg, "error", response);
+                if let Some(frame) = after_reply {
+                    this.shared.push(frame);
+                }
+            };
+        let Some(route) = self.config.route(&msg.topic) else {
+            refuse(
+                self,
+                None,
+                json!({"reason": "unmatched topic"}),
+                after_reply,
+            );
+            return;
+        };
+        if self.channels.len() >= self.config.max_channels {
+            refuse(
+                self,
+                msg.join_ref.clone(),
+                json!({"reason": "too many channels joined"}),
+                after_reply,
+            );
+            return;
+        }
+        let payload = match &msg.payload {
+            Payload::Json(v) => v.clone(),
+            Payload::Binary(_) => {
+                refuse(
+                    self,
+                    msg.join_ref.clone(),
+                    json!({"reason": "join params must be json"}),
+                    after_reply,
+                );
+                return;
+            }
+        };
+        self.next_instance += 1;
+        let topic: Arc<str> = Arc::from(msg.topic.as_str());
+        let core = Arc::new(ChannelCore {
+            topic: topic.clone(),
+            join_ref: msg.join_ref.clone(),
+            push_ref: msg.join_ref.clone().or_else(|| msg.ref_.clone()),
+            instance: self.next_instance,
+            socket: self.shared.clone(),
+            env: self.env.clone(),
+            mailbox: Mailbox::new(self.config.channel_mailbox),
+            intercept: route.intercept(),
+            cancel: self.shared.cancel.child_token(),
+            subscription: OnceLock::new(),
+            killed: AtomicBool::new(false),
+        });
+        let (tx, rx) = oneshot::channel();
+        route.spawn(
+            core.clone(),
+            JoinRequest {
+                payload,
+                ref_: msg.ref_.clone(),
+                after_reply,
+            },
+            tx,
+        );
+        // Like Phoenix, the socket handles nothing else until the join is
+        // decided, so later messages for the topic find the channel.
+        let joined = tokio::select! {
+            r = rx => r.unwrap_or(false),
+            _ = self.shared.cancel.cancelled() => false,
+        };
+        if joined {
+            self.channels.insert(topic, core);
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let (Some(id), Some(topic)) = (self.id_subscription, self.shared.id.as_deref()) {
+            self.env.pubsub.unsubscribe(topic, id);
+        }
+        if !self.shared.is_closed() {
+            self.shared.close(CloseReason::Closed);
+        }
+        self.env.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}

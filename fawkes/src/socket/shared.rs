@@ -1,0 +1,195 @@
+//! State one connection shares with its channels: serializer, assigns and the
+//! outbox, the bounded queue of frames waiting for the transport.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use fawkes_protocol::{Frame, Serializer};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Assigns, Transport};
+
+/// Why a connection ends; decides the close code and the channels' stop reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client went away or closed.
+    Closed,
+    /// Nothing received for the idle timeout.
+    Idle,
+    /// Forced disconnect by socket id.
+    Disconnected,
+    /// The endpoint is shutting down.
+    Shutdown,
+    /// The outbox overflowed: the client reads too slowly.
+    SlowClient,
+    /// A frame exceeded the size limit.
+    TooLarge,
+    /// A frame could not be decoded.
+    BadFrame,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+}
+
+impl CloseReason {
+    /// The WebSocket close code (PROTOCOL §1.7; never 1000 when the client
+    /// should come back).
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            CloseReason::Closed => 1000,
+            CloseReason::Idle => 1002,
+            CloseReason::Disconnected => 1001,
+            CloseReason::Shutdown => 1012,
+            CloseReason::SlowClient => 1013,
+            CloseReason::TooLarge => 1009,
+            CloseReason::BadFrame => 1007,
+            CloseReason::ProtocolError => 1002,
+        }
+    }
+
+    /// The reason the channels of the connection terminate with.
+    pub(crate) fn stop_reason(self) -> &'static str {
+        match self {
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::Shutdown => "draining",
+            _ => "closed",
+        }
+    }
+}
+
+/// Something the socket task must act on besides frames.
+pub(crate) enum SocketEvent {
+    /// A channel instance ended; its topic is free (if still ours).
+    ChannelExited { topic: Arc<str>, instance: u64 },
+}
+
+/// Bounds of the outbox; reaching either closes the connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxLimits {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+}
+
+pub(crate) struct SocketShared {
+    pub(crate) serializer: Serializer,
+    pub(crate) transport: Transport,
+    pub(crate) id: Option<Arc<str>>,
+    pub(crate) assigns: Assigns,
+    pub(crate) cancel: CancellationToken,
+    limits: OutboxLimits,
+    out: Mutex<Outbox>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    events: Vec<SocketEvent>,
+    close: Option<CloseReason>,
+}
+
+/// What the transport takes out of the outbox in one go.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub(crate) frames: VecDeque<Frame>,
+    pub(crate) events: Vec<SocketEvent>,
+}
+
+impl SocketShared {
+    pub(crate) fn new(
+        serializer: Serializer,
+        transport: Transport,
+        id: Option<Arc<str>>,
+        assigns: Assigns,
+        cancel: CancellationToken,
+        limits: OutboxLimits,
+    ) -> Self {
+        SocketShared {
+            serializer,
+            transport,
+            id,
+            assigns,
+            cancel,
+            limits,
+            out: Mutex::new(Outbox::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame for the client. Dropped once the connection is closing.
+    ///
+    /// Policy for slow clients: when the queue would exceed its frame or byte
+    /// bound, the frame is dropped and the connection is closed (code 1013),
+    /// so one slow reader never grows memory without bound.
+    pub(crate) fn push(&self, frame: Frame) {
+        let mut out = self.lock();
+        if out.close.is_some() {
+            return;
+        }
+        if out.frames.len() >= self.limits.frames || out.bytes + frame.len() > self.limits.bytes {
+            let (n, b) = (out.frames.len(), out.bytes);
+            drop(out);
+            tracing::warn!(
+                target: "fawkes::socket",
+                socket_id = self.id.as_deref(),
+                queued_frames = n,
+                queued_bytes = b,
+                "outbox full, closing slow client"
+            );
+            self.close(CloseReason::SlowClient);
+            return;
+        }
+        out.bytes += frame.len();
+        out.frames.push_back(frame);
+        drop(out);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn push_event(&self, event: SocketEvent) {
+        self.lock().events.push(event);
+        self.notify.notify_one();
+    }
+
+    /// Takes everything queued.
+    pub(crate) fn take(&self) -> Batch {
+        let mut out = self.lock();
+        out.bytes = 0;
+        Batch {
+            frames: std::mem::take(&mut out.frames),
+            events: std::mem::take(&mut out.events),
+        }
+    }
+
+    /// Waits until something is queued (or a close is requested).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Ends the connection: the first reason given wins, later frames are
+    /// dropped, and the transport and every channel see the cancellation.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        {
+            let mut out = self.lock();
+            if out.close.is_none() {
+                out.close = Some(reason);
+            }
+        }
+        self.cancel.cancel();
+        self.notify.notify_one();
+    }
+
+    /// Why the connection is closing, once it is.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().close
+    }
+
+    /// Whether the connection is closing.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().close.is_some()
+    }
+}

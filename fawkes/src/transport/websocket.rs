@@ -1,0 +1,332 @@
+//! The WebSocket transport at `<path>/websocket`: handshake checks, then one
+//! task per connection that reads frames into the socket and writes its
+//! outbox out in batches.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use fawkes_protocol::{DecodeError, Frame};
+use futures_util::SinkExt;
+use http::{HeaderMap, Method, Request, header};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{TransportError, negotiate};
+use crate::endpoint::{Shared, SocketConfig};
+use crate::socket::{CloseReason, Conn, ConnectInfo, Params, SocketShared, Transport};
+
+/// Limits and buffers of WebSocket connections.
+///
+/// The defaults keep an idle connection to a few KiB: the usual 128 KiB read
+/// buffer per connection would dominate memory (and cost a memset per read).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WebSocketConfig {
+    /// Largest accepted frame or message; a bigger one closes the connection
+    /// with code 1009. Default 1 MiB.
+    pub max_frame_size: usize,
+    /// Close a connection that received nothing (not even a heartbeat) for
+    /// this long, with code 1002. Default 60 s, as Phoenix.
+    pub idle_timeout: Duration,
+    /// Bytes read from the network at once. Default 1 KiB.
+    pub read_buffer_size: usize,
+    /// Outgoing bytes gathered before a write. Default 4 KiB.
+    pub write_buffer_size: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_frame_size: 1 << 20,
+            idle_timeout: Duration::from_secs(60),
+            read_buffer_size: 1024,
+            write_buffer_size: 4096,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+}
+
+const BEARER_PREFIX: &str = "base64url.bearer.phx.";
+
+/// The bearer token among the offered sub-protocols (PROTOCOL §1.6): standard
+/// base64 alphabet, padding optional, despite the `base64url` prefix.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, TransportError> {
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    for proto in offered {
+        if let Some(encoded) = proto.strip_prefix(BEARER_PREFIX) {
+            let engine = base64::engine::GeneralPurpose::new(
+                &base64::alphabet::STANDARD,
+                base64::engine::GeneralPurposeConfig::new()
+                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+            );
+            let bytes = engine.decode(encoded).map_err(|_| TransportError::Token)?;
+            return String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| TransportError::Token);
+        }
+    }
+    Ok(None)
+}
+
+fn offers_phoenix(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "phoenix")
+}
+
+/// Handles a request on `<path>/websocket`.
+pub(crate) async fn handle(
+    config: Arc<SocketConfig>,
+    env: Arc<Shared>,
+    req: Request<axum::body::Body>,
+) -> Response {
+    match accept(config, env, req).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn accept(
+    config: Arc<SocketConfig>,
+    env: Arc<Shared>,
+    req: Request<axum::body::Body>,
+) -> Result<Response, TransportError> {
+    if req.method() != Method::GET {
+        return Err(TransportError::Method);
+    }
+    if env.root.is_cancelled() {
+        return Err(TransportError::ShuttingDown);
+    }
+    let (mut parts, _body) = req.into_parts();
+    // PROTOCOL §1.4: the origin check runs before anything else.
+    if !config.check_origin.allows(&parts.headers) {
+        return Err(TransportError::Origin);
+    }
+    let params = Params::from_query(parts.uri.query().unwrap_or(""));
+    let serializer = negotiate(&params)?;
+    let auth_token = bearer_token(&parts.headers)?;
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|rej| TransportError::Upgrade(rej.body_text()))?;
+    let info = ConnectInfo {
+        peer: parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0),
+        uri: parts.uri,
+        auth_token,
+        transport: Transport::WebSocket,
+        headers: parts.headers,
+    };
+    let assigns = match config.handler.connect(&params, &info).await {
+        Ok(assigns) => assigns,
+        Err(refused) => {
+            tracing::info!(target: "fawkes::transport", status = %refused.status, "connect refused");
+            return Ok(refused.status.into_response());
+        }
+    };
+    let id = config.handler.id(&assigns).map(Arc::<str>::from);
+    let ws_config = &config.websocket;
+    let mut upgrade = upgrade
+        .read_buffer_size(ws_config.read_buffer_size)
+        .write_buffer_size(ws_config.write_buffer_size)
+        // Bounded by the outbox instead: a large broadcast must never fail
+        // the write (DESIGN: max_write_buffer_size > write buffer + frame).
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(ws_config.max_frame_size)
+        .max_frame_size(ws_config.max_frame_size);
+    if offers_phoenix(&info.headers) {
+        // Browsers abort when offered protocols get no answer (PROTOCOL §1.6).
+        upgrade = upgrade.protocols(["phoenix"]);
+    }
+    let shared = Arc::new(SocketShared::new(
+        serializer,
+        Transport::WebSocket,
+        id,
+        assigns,
+        env.root.child_token(),
+        config.outbox,
+    ));
+    let span = tracing::debug_span!(
+        "socket",
+        socket_id = shared.id.as_deref(),
+        transport = "websocket",
+        vsn = serializer.vsn()
+    );
+    let tracker = env.tracker.clone();
+    Ok(upgrade
+        .on_failed_upgrade(
+            |err| tracing::debug!(target: "fawkes::transport", %err, "upgrade failed"),
+        )
+        .on_upgrade(move |ws| {
+            let conn = Conn::new(shared, config, env);
+            tracker.track_future(run(ws, conn).instrument(span))
+        }))
+}
+
+/// The connection task.
+async fn run(mut ws: WebSocket, mut conn: Conn) {
+    let shared = conn.shared.clone();
+    let idle_timeout = conn.config.websocket.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let reason = loop {
+        let batch = shared.take();
+        if !batch.events.is_empty() {
+            conn.handle_events(batch.events);
+        }
+        if !batch.frames.is_empty() {
+            let written = tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => None,
+                r = write_batch(&mut ws, batch.frames) => Some(r),
+                // A client that does not read for the idle timeout is gone.
+                _ = tokio::time::sleep(idle_timeout) => Some(Err(CloseReason::SlowClient)),
+            };
+            match written {
+                Some(Ok(())) => {}
+                Some(Err(reason)) => break reason,
+                None => continue,
+            }
+        }
+        if shared.cancel.is_cancelled() {
+            break shared.close_reason().unwrap_or(CloseReason::Shutdown);
+        }
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => {}
+            _ = shared.notified() => {}
+            msg = ws.recv() => {
+                idle.as_mut().reset(Instant::now() + idle_timeout);
+                if let Err(reason) = receive(&mut conn, msg).await {
+                    break reason;
+                }
+            }
+            _ = &mut idle => break CloseReason::Idle,
+        }
+    };
+    // First reason wins: channels terminate with it.
+    shared.close(reason);
+    let reason = shared.close_reason().unwrap_or(reason);
+    tracing::debug!(target: "fawkes::transport", ?reason, "websocket closing");
+    drop(conn);
+    close(&mut ws, reason).await;
+}
+
+/// Feeds one received frame to the socket.
+async fn receive(
+    conn: &mut Conn,
+    msg: Option<Result<WsMessage, axum::Error>>,
+) -> Result<(), CloseReason> {
+    let serializer = conn.shared.serializer;
+    let decoded = match msg {
+        None | Some(Ok(WsMessage::Close(_))) => return Err(CloseReason::Closed),
+        Some(Ok(WsMessage::Text(text))) => serializer.decode_text(text.as_str()),
+        Some(Ok(WsMessage::Binary(bytes))) => serializer.decode_binary(bytes),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => return Ok(()),
+        Some(Err(err)) => return Err(classify(err)),
+    };
+    match decoded {
+        Ok(msg) => {
+            conn.handle(msg).await;
+            Ok(())
+        }
+        Err(err) => {
+            log_bad_frame(&conn.shared, &err);
+            Err(CloseReason::BadFrame)
+        }
+    }
+}
+
+fn log_bad_frame(shared: &SocketShared, err: &DecodeError) {
+    tracing::warn!(target: "fawkes::transport", socket_id = shared.id.as_deref(), error = %err, "malformed frame, closing");
+}
+
+fn classify(err: axum::Error) -> CloseReason {
+    let inner = err.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(e)) => {
+            tracing::warn!(target: "fawkes::transport", error = %e, "frame too large, closing");
+            CloseReason::TooLarge
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            tracing::warn!(target: "fawkes::transport", "invalid utf-8 in text frame, closing");
+            CloseReason::BadFrame
+        }
+        Some(tungstenite::Error::Protocol(e)) => {
+            tracing::warn!(target: "fawkes::transport", error = %e, "websocket protocol error, closing");
+            CloseReason::ProtocolError
+        }
+        _ => {
+            tracing::debug!(target: "fawkes::transport", error = %inner, "websocket read failed");
+            CloseReason::Closed
+        }
+    }
+}
+
+/// Writes every queued frame and flushes once: one write for the batch
+/// instead of one per frame.
+async fn write_batch(ws: &mut WebSocket, frames: VecDeque<Frame>) -> Result<(), CloseReason> {
+    for frame in frames {
+        let msg = match frame {
+            Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => WsMessage::Text(text),
+                Err(_) => continue,
+            },
+            Frame::Binary(bytes) => WsMessage::Binary(bytes),
+        };
+        ws.feed(msg).await.map_err(|_| CloseReason::Closed)?;
+    }
+    ws.flush().await.map_err(|_| CloseReason::Closed)
+}
+
+/// Sends the close frame and waits briefly for the client's, so that unread
+/// data does not turn the close into a reset.
+async fn close(ws: &mut WebSocket, reason: CloseReason) {
+    if reason == CloseReason::Closed {
+        // Sends the reply tungstenite queued to the client's close frame.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+        return;
+    }
+    let frame = CloseFrame {
+        code: reason.code(),
+        reason: Utf8Bytes::from_static(""),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if ws.send(WsMessage::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.recv().await {
+            if matches!(msg, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
