@@ -42,3 +42,8 @@ pub use endpoint::{Endpoint, EndpointBuilder, SocketBuilder, Stats};
 pub use fawkes_protocol::Payload;
 pub use socket::{Assigns, ConnectInfo, Params, Refused, Socket, Transport};
 pub use transport::{CheckOrigin, TransportError, WebSocketConfig};
+
+/// Compiles the README's examples.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
