@@ -50,7 +50,13 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Ba
     if !json_type {
         return Err(BadRequest("expected content-type application/json".into()));
     }
-    serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid body: {e}")))
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid json: {e}")))?;
+    // serde would also take an array in field order; the API takes objects.
+    if !value.is_object() {
+        return Err(BadRequest("body must be a json object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| BadRequest(format!("invalid body: {e}")))
 }
 
 async fn healthz(State(api): State<Api>) -> Json<Value> {
