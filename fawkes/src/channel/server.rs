@@ -317,8 +317,8 @@ async fn terminate<C: Channel>(chan: &mut C, ctx: &mut Context<C>, reason: &Stop
     }
 }
 
-/// Sends the exit's frames in Phoenix's order (PROTOCOL §4.5, §4.7), then
-/// frees the topic.
+/// Sends the exit's frames in Phoenix's order (PROTOCOL §4.5, §4.7), freeing
+/// the topic together with `phx_close` / `phx_error`.
 async fn finish<C: Channel>(
     chan: &mut C,
     core: &Arc<ChannelCore>,
@@ -333,19 +333,32 @@ async fn finish<C: Channel>(
         Exit::Leave(ref_) => {
             core.reply(ref_, Reply::status("ok"));
             core.control(events::CLOSE, json!({}));
+            release(core);
             terminate(chan, ctx, &StopReason::Shutdown("left".into())).await;
         }
         Exit::Stop(reason) if reason.is_orderly() => {
             core.control(events::CLOSE, json!({}));
+            release(core);
             terminate(chan, ctx, &reason).await;
         }
         Exit::Stop(reason) => {
             terminate(chan, ctx, &reason).await;
             core.control(events::ERROR, json!({"reason": "channel_crash"}));
+            release(core);
         }
-        Exit::SocketClosed(reason) => terminate(chan, ctx, &reason).await,
-        Exit::Killed => {}
+        Exit::SocketClosed(reason) => {
+            terminate(chan, ctx, &reason).await;
+            release(core);
+        }
+        Exit::Killed => release(core),
     }
+    // Stops the instance's timers.
+    core.cancel.cancel();
+}
+
+/// Frees the topic on the socket: the socket learns it in the same batch as
+/// the `phx_close` / `phx_error` just queued, so the client can rejoin at once.
+fn release(core: &ChannelCore) {
     // Messages that raced with the end are answered as for a topic without a
     // channel (PROTOCOL §4.3 step 5).
     let killed = core.killed.load(Ordering::Acquire);
@@ -353,33 +366,30 @@ async fn finish<C: Channel>(
         if killed {
             break;
         }
-        match msg {
-            ChannelMsg::In(incoming) => {
-                if let Some(frame) = reply_frame(
-                    &core.socket,
-                    None,
-                    incoming.ref_,
-                    &core.topic,
-                    "error",
-                    Payload::Json(json!({"reason": "unmatched topic"})),
-                ) {
-                    core.socket.push(frame);
-                }
-            }
+        let frame = match msg {
+            ChannelMsg::In(incoming) => reply_frame(
+                &core.socket,
+                None,
+                incoming.ref_,
+                &core.topic,
+                "error",
+                Payload::Json(json!({"reason": "unmatched topic"})),
+            ),
             ChannelMsg::Leave(leave) => {
                 let (join_ref, ref_) = *leave;
-                if let Some(frame) = reply_frame(
+                reply_frame(
                     &core.socket,
                     join_ref,
                     ref_,
                     &core.topic,
                     "ok",
                     Payload::empty(),
-                ) {
-                    core.socket.push(frame);
-                }
+                )
             }
-            ChannelMsg::Out(_) | ChannelMsg::Info(_) => {}
+            ChannelMsg::Out(_) | ChannelMsg::Info(_) => None,
+        };
+        if let Some(frame) = frame {
+            core.socket.push(frame);
         }
     }
     core.env.channels.fetch_sub(1, Ordering::Relaxed);
