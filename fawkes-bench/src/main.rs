@@ -1,1 +1,70 @@
-fn main() {}
+//! `fawkes-bench`: the Fawkes load tool.
+//!
+//! Each scenario is a subcommand in a module of its own, driving a server
+//! such as the conformance app over loopback WebSockets and printing a human
+//! summary followed by one JSON line for scripts:
+//!
+//! ```text
+//! fawkes-bench connect --connections 10000 --server-pid "$(pgrep -n fawkes-conformance)"
+//! ```
+//!
+//! Every run stops by itself: scenarios hold their connections for a set
+//! time and give up on anything that does not answer within a timeout.
+
+mod client;
+mod connect;
+mod latency;
+mod measure;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Drives a Fawkes (or Phoenix) server with many WebSocket clients.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Worker threads of the tool's runtime. One leaves the other core to
+    /// the server on a 2-core machine.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The scenarios.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Open idle connections, each joined to one topic, and measure the
+    /// server's memory per connection.
+    Connect(connect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Connect(args) => connect::run(args).await.map(drop),
+        }
+    });
+    // Connections still closing must not delay the exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

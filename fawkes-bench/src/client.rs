@@ -1,0 +1,351 @@
+//! One client connection as scenarios use it: TCP from a chosen loopback
+//! source address, the WebSocket handshake with small buffers, and Phoenix
+//! messages encoded and decoded by `fawkes-protocol` (V2 serializer).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use fawkes_protocol::{Frame, Message, Payload, Ref, Serializer, events};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+/// The serializer every scenario speaks (`vsn=2.0.0`).
+const SERIALIZER: Serializer = Serializer::V2;
+
+/// The server a scenario drives: where to connect and what to ask for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The WebSocket URL, with `vsn=2.0.0` added when it named no `vsn`.
+    pub url: String,
+    /// The resolved server address; always a loopback address.
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    /// Parses and resolves a `ws://` URL.
+    ///
+    /// # Errors
+    ///
+    /// A URL that is not `ws://`, does not resolve, or resolves to an address
+    /// outside loopback: load is only ever sent to this machine.
+    pub async fn resolve(url: &str) -> Result<Target, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("ws") {
+            return Err(format!("bad url {url:?}: only ws:// is supported"));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("bad url {url:?}: no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} resolves to nothing"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not a loopback address; fawkes-bench only drives servers on this machine"
+            ));
+        }
+        let has_vsn = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("vsn=")));
+        let url = match (has_vsn, uri.query()) {
+            (true, _) => url.to_owned(),
+            (false, Some(_)) => format!("{url}&vsn={}", SERIALIZER.vsn()),
+            (false, None) => format!("{url}?vsn={}", SERIALIZER.vsn()),
+        };
+        Ok(Target { url, addr })
+    }
+}
+
+/// The loopback addresses client sockets are bound to.
+///
+/// One source address gives at most ~28,000 ephemeral ports towards one
+/// server port; spreading connections over 127.0.0.2, 127.0.0.3, … lifts
+/// that bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources {
+    count: u8,
+}
+
+impl Sources {
+    /// `count` addresses from 127.0.0.2 on; 0 lets the kernel choose.
+    pub fn new(count: u8) -> Self {
+        Sources { count }
+    }
+
+    /// The source address of connection `i`, if one is to be bound.
+    pub fn for_connection(self, i: usize) -> Option<IpAddr> {
+        (self.count > 0).then(|| {
+            let k = 2 + (i % usize::from(self.count)) as u8;
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))
+        })
+    }
+}
+
+/// The step at which a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// TCP connect (or binding the source address).
+    Connect,
+    /// The WebSocket handshake.
+    Handshake,
+    /// The server answered a join with an error.
+    Refused,
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection closed or broke.
+    Closed,
+}
+
+impl FailureKind {
+    /// Every kind, in report order.
+    pub const ALL: [FailureKind; 5] = [
+        FailureKind::Connect,
+        FailureKind::Handshake,
+        FailureKind::Refused,
+        FailureKind::Timeout,
+        FailureKind::Closed,
+    ];
+
+    /// The kind's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Handshake => "handshake",
+            FailureKind::Refused => "refused",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Closed => "closed",
+        }
+    }
+}
+
+/// Why a connection failed, with the error as text.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The step.
+    pub kind: FailureKind,
+    /// The error.
+    pub detail: String,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: FailureKind, detail: impl fmt::Display) -> Self {
+        Failure {
+            kind,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Small client buffers: thousands of idle clients share one machine with
+/// the server being measured. Server frames in these scenarios are tiny.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+/// A joined or joining Phoenix socket.
+pub struct Session {
+    ws: WebSocketStream<TcpStream>,
+    next_ref: u64,
+}
+
+impl Session {
+    /// Connects (from `source` when given) and completes the WebSocket
+    /// handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Connect`] or [`FailureKind::Handshake`].
+    pub async fn open(target: &Target, source: Option<IpAddr>) -> Result<Session, Failure> {
+        let connect = async {
+            let socket = match target.addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            if let Some(ip) = source {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            let stream = socket.connect(target.addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = connect
+            .await
+            .map_err(|e| Failure::new(FailureKind::Connect, e))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            target.url.as_str(),
+            stream,
+            Some(ws_config()),
+        )
+        .await
+        .map_err(|e| Failure::new(FailureKind::Handshake, e))?;
+        Ok(Session { ws, next_ref: 1 })
+    }
+
+    /// Sends one message and returns its ref.
+    async fn push(
+        &mut self,
+        join_ref: Option<Ref>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Result<Ref, Failure> {
+        let ref_ = Value::String(self.next_ref.to_string());
+        self.next_ref += 1;
+        let msg = Message {
+            join_ref,
+            ref_: Some(ref_.clone()),
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload: Payload::Json(payload),
+        };
+        let frame = SERIALIZER
+            .encode_push(&msg)
+            .map_err(|e| Failure::new(FailureKind::Closed, e))?;
+        let ws_msg = match frame {
+            Frame::Text(bytes) => WsMessage::Text(
+                Utf8Bytes::try_from(bytes).map_err(|e| Failure::new(FailureKind::Closed, e))?,
+            ),
+            Frame::Binary(bytes) => WsMessage::Binary(bytes),
+        };
+        self.ws
+            .send(ws_msg)
+            .await
+            .map_err(|e| Failure::new(FailureKind::Closed, e))?;
+        Ok(ref_)
+    }
+
+    /// Joins `topic` (join ref = ref, as phoenix.js does) and waits for the
+    /// reply; frames for anything else are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Refused`] on an error reply, [`FailureKind::Closed`]
+    /// when the connection ends first. The caller sets the timeout.
+    pub async fn join(&mut self, topic: &str) -> Result<(), Failure> {
+        let join_ref = Value::String(self.next_ref.to_string());
+        let ref_ = self
+            .push(Some(join_ref), topic, events::JOIN, json!({}))
+            .await?;
+        loop {
+            let msg = self.recv().await?;
+            if msg.event == events::REPLY && msg.ref_.as_ref() == Some(&ref_) {
+                let status = msg.payload.as_json().and_then(|p| p.get("status"));
+                return match status.and_then(Value::as_str) {
+                    Some("ok") => Ok(()),
+                    _ => Err(Failure::new(
+                        FailureKind::Refused,
+                        format!("{topic}: {:?}", msg.payload),
+                    )),
+                };
+            }
+        }
+    }
+
+    /// Sends a heartbeat; its reply is read (and skipped) by [`recv`](Self::recv).
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Closed`].
+    pub async fn heartbeat(&mut self) -> Result<(), Failure> {
+        self.push(None, events::PHOENIX_TOPIC, events::HEARTBEAT, json!({}))
+            .await
+            .map(drop)
+    }
+
+    /// The next message from the server; control and binary frames are
+    /// skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Closed`] when the connection ends or sends a frame
+    /// that does not decode.
+    pub async fn recv(&mut self) -> Result<Message, Failure> {
+        loop {
+            match self.ws.next().await {
+                None => return Err(Failure::new(FailureKind::Closed, "connection closed")),
+                Some(Err(e)) => return Err(Failure::new(FailureKind::Closed, e)),
+                Some(Ok(WsMessage::Text(text))) => {
+                    return SERIALIZER
+                        .decode_text(text.as_str())
+                        .map_err(|e| Failure::new(FailureKind::Closed, e));
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Err(Failure::new(
+                        FailureKind::Closed,
+                        format!("server closed: {frame:?}"),
+                    ));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Sends a close frame and reads until the server's, so neither side
+    /// resets; the caller bounds the wait.
+    pub async fn close(mut self) {
+        if self.ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn adds_vsn_and_keeps_an_explicit_one() {
+        let t = Target::resolve("ws://127.0.0.1:4000/socket/websocket")
+            .await
+            .unwrap();
+        assert_eq!(t.url, "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0");
+        assert_eq!(t.addr, "127.0.0.1:4000".parse().unwrap());
+        let t = Target::resolve("ws://127.0.0.1:4000/s/websocket?token=x")
+            .await
+            .unwrap();
+        assert_eq!(t.url, "ws://127.0.0.1:4000/s/websocket?token=x&vsn=2.0.0");
+        let t = Target::resolve("ws://127.0.0.1/s?vsn=2.0.1").await.unwrap();
+        assert_eq!(t.url, "ws://127.0.0.1/s?vsn=2.0.1");
+        assert_eq!(t.addr.port(), 80);
+    }
+
+    #[tokio::test]
+    async fn refuses_anything_but_loopback_ws() {
+        assert!(
+            Target::resolve("wss://127.0.0.1:4000/socket/websocket")
+                .await
+                .is_err()
+        );
+        assert!(
+            Target::resolve("ws://192.0.2.1:4000/socket/websocket")
+                .await
+                .is_err()
+        );
+        assert!(Target::resolve("not a url").await.is_err());
+    }
+
+    #[test]
+    fn sources_cycle_from_127_0_0_2() {
+        assert_eq!(Sources::new(0).for_connection(5), None);
+        let s = Sources::new(3);
+        let ip = |i| s.for_connection(i).unwrap().to_string();
+        assert_eq!(
+            [ip(0), ip(1), ip(2), ip(3)],
+            ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"]
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! The `connect` scenario: what an idle, joined connection costs the server.
+//!
+//! Opens connections at a steady rate, joins each to `bench:<i % topics>`,
+//! keeps them idle (a heartbeat every 30 s, as phoenix.js) and reads the
+//! server's resident memory before the first connection and once every
+//! connection has joined and the server has settled. The difference divided
+//! by the joined connections is the figure DESIGN.md aims at (≤ 6 KiB).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{Failure, FailureKind, Session, Sources, Target};
+use crate::latency::Latencies;
+use crate::measure::{Process, app_stats};
+
+/// Options of the `connect` scenario.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The server's WebSocket URL; `vsn=2.0.0` is added unless it names one.
+    #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
+    url: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Topics to spread the joins over: connection i joins `bench:<i % topics>`.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    topics: u32,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds to keep the connections idle once all have joined.
+    #[arg(long, default_value_t = 10)]
+    hold: u64,
+    /// Seconds after the last join at which the server's memory is read;
+    /// it is read again at the end of the hold.
+    #[arg(long, default_value_t = 2)]
+    settle: u64,
+    /// The server's process id, to read its memory and CPU time from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Bind client sockets to this many source addresses, 127.0.0.2 and up
+    /// (0: the kernel chooses). One address allows ~28,000 connections.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=253))]
+    source_addrs: u8,
+    /// Seconds between heartbeats of each connection.
+    #[arg(long, default_value_t = 30)]
+    heartbeat: u64,
+    /// Seconds to wait for each step (connect, handshake, join reply).
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+/// What every connection task needs to know.
+struct Ctx {
+    target: Target,
+    sources: Sources,
+    topics: usize,
+    step_timeout: Duration,
+    heartbeat: Duration,
+}
+
+/// What a connection task reports.
+enum Event {
+    /// Connected and joined, with the time each step took.
+    Joined { connect: Duration, join: Duration },
+    /// Never joined.
+    Failed(Failure),
+    /// Joined, then lost before the end of the hold.
+    Dropped(Failure),
+}
+
+/// The connections' reports so far.
+#[derive(Default)]
+struct Tally {
+    joined: usize,
+    failed: Vec<Failure>,
+    dropped: Vec<Failure>,
+    connect: Latencies,
+    join: Latencies,
+}
+
+impl Tally {
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::Joined { connect, join } => {
+                self.joined += 1;
+                self.connect.record(connect);
+                self.join.record(join);
+            }
+            Event::Failed(f) => self.failed.push(f),
+            Event::Dropped(f) => self.dropped.push(f),
+        }
+    }
+
+    /// Connections that have joined or failed.
+    fn settled(&self) -> usize {
+        self.joined + self.failed.len()
+    }
+
+    /// Applies reports until `until`: connections may drop while idle.
+    async fn drain_until(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, until: Instant) {
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.apply(ev),
+                    None => return sleep_until(until).await,
+                },
+                _ = sleep_until(until) => return,
+            }
+        }
+    }
+
+    fn count(failures: &[Failure], kind: FailureKind) -> usize {
+        failures.iter().filter(|f| f.kind == kind).count()
+    }
+
+    /// `connect 0, handshake 2, …` and the first error of each kind seen.
+    fn describe(failures: &[Failure]) -> String {
+        let mut parts = Vec::new();
+        for kind in FailureKind::ALL {
+            if let Some(first) = failures.iter().find(|f| f.kind == kind) {
+                let n = Self::count(failures, kind);
+                parts.push(format!("{} {n} (first: {})", kind.name(), first.detail));
+            }
+        }
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// Runs the scenario, prints its summary and JSON line, and returns the
+/// JSON report.
+///
+/// # Errors
+///
+/// Bad options, a non-loopback server, too low a file limit, or a server
+/// process that cannot be read at the start; and, after the report is
+/// printed, any connection that failed or dropped (so scripts notice).
+pub async fn run(args: Args) -> Result<Value, String> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err("--rate must be a positive number".into());
+    }
+    let target = Target::resolve(&args.url).await?;
+    check_file_limits(&args)?;
+    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    let me = Process(None);
+    let rss_before = server.map(Process::rss_kib).transpose()?;
+    let server_cpu_before = server.map(Process::cpu_ms).transpose()?;
+    let my_cpu_before = me.cpu_ms()?;
+    let stats_before = app_stats(target.addr).await;
+
+    let n = args.connections;
+    let ctx = Arc::new(Ctx {
+        target,
+        sources: Sources::new(args.source_addrs),
+        topics: args.topics as usize,
+        step_timeout: Duration::from_secs(args.timeout),
+        heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+    });
+    println!(
+        "connect: {n} connections to {} over {} topics at {}/s, hold {} s",
+        ctx.target.url, ctx.topics, args.rate, args.hold
+    );
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    tokio::spawn(open_all(
+        n,
+        args.rate,
+        ctx.clone(),
+        tx,
+        stop.clone(),
+        tracker.clone(),
+    ));
+
+    // Every task reports within its step timeouts; the deadline only guards
+    // against a bug leaving the run hanging.
+    let ramp = Duration::from_secs_f64(n as f64 / args.rate);
+    let deadline = start + ramp + 2 * ctx.step_timeout + Duration::from_secs(10);
+    let mut tally = Tally::default();
+    let mut progress = interval(Duration::from_secs(1));
+    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    progress.tick().await;
+    while tally.settled() < n {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => tally.apply(ev),
+                None => break,
+            },
+            _ = progress.tick() => eprintln!(
+                "  {:>5.1} s: joined {}, failed {}",
+                start.elapsed().as_secs_f64(), tally.joined, tally.failed.len()
+            ),
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    for _ in tally.settled()..n {
+        tally.failed.push(Failure::new(
+            FailureKind::Timeout,
+            "no report before the deadline",
+        ));
+    }
+    let ramp_took = start.elapsed();
+    eprintln!(
+        "  {:>5.1} s: joined {}, failed {}; holding {} s",
+        ramp_took.as_secs_f64(),
+        tally.joined,
+        tally.failed.len(),
+        args.hold
+    );
+
+    let joined_at = Instant::now();
+    let settle = Duration::from_secs(args.settle);
+    tally.drain_until(&mut rx, joined_at + settle).await;
+    let rss_after = server.and_then(|s| reading(s.rss_kib()));
+    // Only connections still open count towards the memory read.
+    let live = tally.joined - tally.dropped.len();
+    let stats_after = app_stats(ctx.target.addr).await;
+    let hold_end = joined_at + Duration::from_secs(args.hold).max(settle);
+    tally.drain_until(&mut rx, hold_end).await;
+    let rss_end = server.and_then(|s| reading(s.rss_kib()));
+    let server_cpu = server
+        .and_then(|s| reading(s.cpu_ms()))
+        .zip(server_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let my_cpu = me.cpu_ms()?.saturating_sub(my_cpu_before);
+
+    stop.cancel();
+    tracker.close();
+    if timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("  some connections did not close within 10 s; leaving them");
+    }
+
+    let bytes_per_conn = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if live > 0 => {
+            Some(((after as f64 - before as f64) * 1024.0 / live as f64).round() as i64)
+        }
+        _ => None,
+    };
+    let ms3 = |v: Option<f64>| v.map(|ms| (ms * 1000.0).round() / 1000.0);
+    let (c50, c99) = (
+        ms3(tally.connect.percentile_ms(50.0)),
+        ms3(tally.connect.percentile_ms(99.0)),
+    );
+    let (j50, j99) = (
+        ms3(tally.join.percentile_ms(50.0)),
+        ms3(tally.join.percentile_ms(99.0)),
+    );
+    let stat = |v: &Option<Value>, key: &str| v.as_ref().and_then(|s| s.get(key)).cloned();
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+
+    println!(
+        "joined    {} of {n} in {:.1} s; failed: {}",
+        tally.joined,
+        ramp_took.as_secs_f64(),
+        Tally::describe(&tally.failed)
+    );
+    println!("dropped   while idle: {}", Tally::describe(&tally.dropped));
+    println!("connect   p50 {} ms, p99 {} ms", opt(c50), opt(c99));
+    println!("join      p50 {} ms, p99 {} ms", opt(j50), opt(j99));
+    if let Some(stats) = &stats_after {
+        println!(
+            "server    sockets {}, channels {} (GET /api/stats, {} s after the last join)",
+            stats.get("sockets").unwrap_or(&Value::Null),
+            stats.get("channels").unwrap_or(&Value::Null),
+            args.settle
+        );
+    }
+    if let (Some(before), Some(after), Some(end)) = (rss_before, rss_after, rss_end) {
+        println!(
+            "server    RSS {before} KiB before, {after} KiB after (+{} KiB), {end} KiB at the end of the hold",
+            after as i64 - before as i64
+        );
+    }
+    if let Some(b) = bytes_per_conn {
+        println!(
+            "          = {b} bytes ({:.2} KiB) per connection ({live} open at the reading)",
+            b as f64 / 1024.0
+        );
+    }
+    if let Some(cpu) = server_cpu {
+        println!("cpu       server {cpu} ms, fawkes-bench {my_cpu} ms");
+    } else if server.is_some() {
+        println!("cpu       fawkes-bench {my_cpu} ms (the server could not be read)");
+    } else {
+        println!("cpu       fawkes-bench {my_cpu} ms (no --server-pid)");
+    }
+    let report = json!({
+        "scenario": "connect",
+        "connections": n,
+        "topics": ctx.topics,
+        "rate": args.rate,
+        "joined": tally.joined,
+        "open_at_reading": live,
+        "failures": tally.failed.len(),
+        "dropped": tally.dropped.len(),
+        "ramp_s": (ramp_took.as_secs_f64() * 1000.0).round() / 1000.0,
+        "connect_p50_ms": c50,
+        "connect_p99_ms": c99,
+        "join_p50_ms": j50,
+        "join_p99_ms": j99,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_end_kib": rss_end,
+        "bytes_per_connection": bytes_per_conn,
+        "server_cpu_ms": server_cpu,
+        "client_cpu_ms": my_cpu,
+        "server_sockets_before": stat(&stats_before, "sockets"),
+        "server_sockets": stat(&stats_after, "sockets"),
+        "server_channels": stat(&stats_after, "channels"),
+    });
+    println!("{report}");
+    let lost = tally.failed.len() + tally.dropped.len();
+    if lost > 0 {
+        return Err(format!("{lost} of {n} connections failed or dropped"));
+    }
+    Ok(report)
+}
+
+/// A reading taken once the run is under way: a server that died meanwhile
+/// leaves it empty in the report rather than losing the report.
+fn reading(r: Result<u64, String>) -> Option<u64> {
+    r.map_err(|e| eprintln!("warning: {e}")).ok()
+}
+
+/// Refuses a run this process cannot hold open, and warns when the server
+/// may not.
+fn check_file_limits(args: &Args) -> Result<(), String> {
+    // A few descriptors go to the runtime, stdio and the stats requests.
+    let need = args.connections as u64 + 64;
+    if let Some(limit) = Process(None).open_files_limit()
+        && limit < need
+    {
+        return Err(format!(
+            "{} connections need about {need} open files, but this process may open {limit}: \
+             raise `ulimit -n`, or split the load over several fawkes-bench processes",
+            args.connections
+        ));
+    }
+    if let Some(pid) = args.server_pid
+        && let Some(limit) = Process(Some(pid)).open_files_limit()
+        && limit < need
+    {
+        eprintln!("warning: the server may open only {limit} files; connections beyond that fail");
+    }
+    Ok(())
+}
+
+/// Starts connection tasks at `rate` per second.
+async fn open_all(
+    n: usize,
+    rate: f64,
+    ctx: Arc<Ctx>,
+    tx: mpsc::UnboundedSender<Event>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let start = Instant::now();
+    for i in 0..n {
+        // Due times from the start, not from the previous spawn: timer
+        // granularity (1 ms) then costs no rate, only batches of a few.
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sleep_until(due) => {}
+        }
+        tracker.spawn(connection(i, ctx.clone(), tx.clone(), stop.clone()));
+    }
+}
+
+/// One connection: connect, join, then idle with heartbeats until `stop`.
+async fn connection(
+    i: usize,
+    ctx: Arc<Ctx>,
+    tx: mpsc::UnboundedSender<Event>,
+    stop: CancellationToken,
+) {
+    let topic = format!("bench:{}", i % ctx.topics);
+    let limit = ctx.step_timeout;
+    let joining = async {
+        let t0 = Instant::now();
+        let mut session = timeout(
+            limit,
+            Session::open(&ctx.target, ctx.sources.for_connection(i)),
+        )
+        .await
+        .map_err(|_| Failure::new(FailureKind::Timeout, "connect and handshake"))??;
+        let connected = t0.elapsed();
+        let t1 = Instant::now();
+        timeout(limit, session.join(&topic))
+            .await
+            .map_err(|_| Failure::new(FailureKind::Timeout, "join reply"))??;
+        Ok::<_, Failure>((session, connected, t1.elapsed()))
+    };
+    let mut session = tokio::select! {
+        _ = stop.cancelled() => return,
+        r = joining => match r {
+            Ok((session, connect, join)) => {
+                let _ = tx.send(Event::Joined { connect, join });
+                session
+            }
+            Err(failure) => {
+                let _ = tx.send(Event::Failed(failure));
+                return;
+            }
+        },
+    };
+
+    let mut beat = interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let lost = loop {
+        // Only the read borrows the session in the select; recv is
+        // cancel-safe, so a tick never loses a frame.
+        let wake = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break None,
+            _ = beat.tick() => None,
+            r = session.recv() => Some(r),
+        };
+        let result = match wake {
+            None => session.heartbeat().await,
+            Some(r) => r.map(drop),
+        };
+        if let Err(failure) = result {
+            break Some(failure);
+        }
+    };
+    match lost {
+        Some(failure) => {
+            let _ = tx.send(Event::Dropped(failure));
+        }
+        None => {
+            let _ = timeout(Duration::from_secs(2), session.close()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short run against the conformance app served in this process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joins_every_connection_and_reads_the_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(fawkes_conformance::serve(
+            listener,
+            fawkes_conformance::Options::default(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let args = Args {
+            url: format!("ws://127.0.0.1:{port}/socket/websocket"),
+            connections: 40,
+            topics: 3,
+            rate: 1000.0,
+            hold: 0,
+            settle: 0,
+            server_pid: Some(std::process::id()),
+            source_addrs: 2,
+            heartbeat: 30,
+            timeout: 5,
+        };
+        let report = run(args).await.unwrap();
+        assert_eq!(report["joined"], 40, "{report}");
+        assert_eq!(report["failures"], 0, "{report}");
+        assert_eq!(report["server_sockets"], 40, "{report}");
+        assert_eq!(report["server_channels"], 40, "{report}");
+        assert!(report["rss_after_kib"].as_u64().unwrap() > 0);
+        assert!(report["join_p99_ms"].as_f64().is_some());
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+    }
+}
