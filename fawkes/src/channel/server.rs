@@ -187,6 +187,21 @@ async fn run<C: Channel>(
     join: JoinRequest,
     joined: oneshot::Sender<bool>,
 ) {
+    // Boxed: the join's state is not kept for the channel's whole life.
+    let Some(mut ctx) = Box::pin(join_channel(&mut chan, &core, join, joined)).await else {
+        return;
+    };
+    let exit = serve(&mut chan, &core, &mut ctx).await;
+    finish(&mut chan, &core, &mut ctx, exit).await;
+}
+
+/// Runs `join` and answers it; the context if the channel joined.
+async fn join_channel<C: Channel>(
+    chan: &mut C,
+    core: &Arc<ChannelCore>,
+    join: JoinRequest,
+    joined: oneshot::Sender<bool>,
+) -> Option<Context<C>> {
     let mut ctx = Context::new(core.clone());
     let join_ref = core.join_ref.clone();
     let outcome = AssertUnwindSafe(chan.join(&core.topic, join.payload, &mut ctx))
@@ -222,15 +237,13 @@ async fn run<C: Channel>(
     if status != "ok" {
         let _ = joined.send(false);
         core.mailbox.close();
-        return;
+        return None;
     }
     core.env.channels.fetch_add(1, Ordering::Relaxed);
     let _ = joined.send(true);
     // PROTOCOL §4.14: pushes made during join follow the reply.
     ctx.joined();
-
-    let exit = serve(&mut chan, &core, &mut ctx).await;
-    finish(&mut chan, &core, &mut ctx, exit).await;
+    Some(ctx)
 }
 
 async fn serve<C: Channel>(chan: &mut C, core: &ChannelCore, ctx: &mut Context<C>) -> Exit {

@@ -1,7 +1,6 @@
 //! Dispatch of one connection's messages (PROTOCOL §4.3), whatever the
 //! transport.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -26,12 +25,41 @@ impl Subscriber for IdSubscriber {
     }
 }
 
+/// A socket's channels, one per topic. A vector: at most `max_channels`
+/// (100) entries, and one or two on most sockets, where a map's buckets
+/// would cost more memory than the scans cost time.
+#[derive(Default)]
+struct Channels(Vec<Arc<ChannelCore>>);
+
+impl Channels {
+    fn get(&self, topic: &str) -> Option<&Arc<ChannelCore>> {
+        self.0.iter().find(|c| &*c.topic == topic)
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Arc<ChannelCore>> {
+        let pos = self.0.iter().position(|c| &*c.topic == topic)?;
+        let core = self.0.swap_remove(pos);
+        if self.0.capacity() > 2 * self.0.len() + 4 {
+            self.0.shrink_to_fit();
+        }
+        Some(core)
+    }
+
+    fn insert(&mut self, core: Arc<ChannelCore>) {
+        self.0.push(core);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// One connection's socket state: its channels by topic.
 pub(crate) struct Conn {
     pub(crate) shared: Arc<SocketShared>,
     pub(crate) config: Arc<SocketConfig>,
     env: Arc<Shared>,
-    channels: HashMap<Arc<str>, Arc<ChannelCore>>,
+    channels: Channels,
     id_subscription: Option<SubscriptionId>,
     next_instance: u64,
 }
@@ -51,7 +79,7 @@ impl Conn {
             shared,
             config,
             env,
-            channels: HashMap::new(),
+            channels: Channels::default(),
             id_subscription,
             next_instance: 0,
         }
@@ -210,7 +238,7 @@ impl Conn {
         self.next_instance += 1;
         let topic: Arc<str> = Arc::from(msg.topic.as_str());
         let core = Arc::new(ChannelCore {
-            topic: topic.clone(),
+            topic,
             join_ref: msg.join_ref.clone(),
             push_ref: msg.join_ref.clone().or_else(|| msg.ref_.clone()),
             instance: self.next_instance,
@@ -239,7 +267,7 @@ impl Conn {
             _ = self.shared.cancel.cancelled() => false,
         };
         if joined {
-            self.channels.insert(topic, core);
+            self.channels.insert(core);
         }
     }
 }
