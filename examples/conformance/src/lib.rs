@@ -1,9 +1,23 @@
-//! The conformance app of `CONFORMANCE_APP.md`: the example that outside test
-//! suites (the official Phoenix clients, load tools) drive over the network.
+//! The conformance app: the example that outside test suites (the official
+//! Phoenix clients, load tools) drive over the network, so its behaviour is
+//! fixed point by point. Run it with
+//! `cargo run --release --bin fawkes-conformance` (`--port`, `--host`,
+//! `--node-name`; it listens on 127.0.0.1:4000 by default).
 //!
-//! Its behaviour is a contract: a socket at `/socket` with the `room:*`,
-//! `chat:*` and `bench:*` channels, and an HTTP API for tests. Run it with
-//! `cargo run --release --bin fawkes-conformance`.
+//! A socket at `/socket` (WebSocket at `/socket/websocket`, serializers
+//! `1.0.x` and `2.0.x`; origins other than `localhost` and `127.0.0.1` are
+//! refused). `connect`: `reject=true` or the bearer token `reject` refuses,
+//! `user_id=U` names the socket `user_socket:U`. Channels:
+//!
+//! | topics | channel |
+//! | --- | --- |
+//! | `room:*` | [`Room`]: join (`room:denied` refused, `room:join_crash` panics), then a `user_entered` broadcast and a `joined` push; events `new_msg` (intercepted broadcast, `to` filtering, `transport` added), `new_msg_from`, `echo`, `error`, `noreply`, `boom` (panics), `stop`, `binary`; `you_left` pushed on terminate |
+//! | `chat:*` | [`Chat`]: the talk's ChatChannel (`chat:secret` refused; every event broadcast as `new_msg`, no reply) |
+//! | `bench:*` | [`Bench`]: `ping` echoes, `broadcast` broadcasts `msg` |
+//!
+//! HTTP API: `GET /healthz`, `POST /api/broadcast` `{"topic","event","payload"}`,
+//! `POST /api/disconnect` `{"socket_id"}`, `GET /api/stats`; a malformed body
+//! gets 400 with `{"error": …}`.
 
 mod channels;
 mod http_api;
