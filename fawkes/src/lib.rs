@@ -23,12 +23,16 @@
 //! * [`pubsub`]: topics, subscribers, the fast lane, the cluster adapter seam.
 //! * [`transport`]: WebSocket on axum, origin check, limits.
 //! * [`endpoint`]: the builder and the handle users hold.
+//! * `testing` (feature `testing`): in-memory sockets to test channels
+//!   without a network.
 
 pub mod channel;
 pub mod endpoint;
 mod mailbox;
 pub mod pubsub;
 pub mod socket;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 
 /// The wire protocol (re-export of the `fawkes-protocol` crate).

@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) root: CancellationToken,
     pub(crate) sockets: AtomicUsize,
     pub(crate) channels: AtomicUsize,
+    /// The mounted sockets by path, for in-memory sockets ([`crate::testing`]).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) mounts: Vec<(String, Arc<SocketConfig>)>,
     shutdown_timeout: Duration,
 }
 
@@ -116,6 +119,11 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Starts building an endpoint.
     pub fn builder() -> EndpointBuilder {
         EndpointBuilder {
@@ -231,17 +239,22 @@ impl EndpointBuilder {
 
     /// Builds the router to serve and the endpoint handle.
     pub fn build(self) -> (Router, Endpoint) {
+        let mounts: Vec<_> = self
+            .sockets
+            .into_iter()
+            .map(|(path, config)| (path, Arc::new(config)))
+            .collect();
         let shared = Arc::new(Shared {
             pubsub: self.pubsub.unwrap_or_default(),
             tracker: TaskTracker::new(),
             root: CancellationToken::new(),
             sockets: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
+            mounts: mounts.clone(),
             shutdown_timeout: self.shutdown_timeout,
         });
         let mut router = Router::new();
-        for (path, config) in self.sockets {
-            let config = Arc::new(config);
+        for (path, config) in mounts {
             let env = shared.clone();
             router = router.route(
                 &format!("{path}/websocket"),
