@@ -83,7 +83,8 @@ impl<C: Channel> Context<C> {
     /// is closing.
     pub fn push(&mut self, event: &str, payload: impl Into<Payload>) {
         let payload = payload.into();
-        if let Err(err) = self.check(&payload) {
+        if !valid_payload(&payload) {
+            let err = ChannelError::InvalidPayload;
             tracing::warn!(target: "fawkes::channel", topic = %self.core.topic, event, %err, "push dropped");
             return;
         }
@@ -103,13 +104,6 @@ impl<C: Channel> Context<C> {
                 tracing::warn!(target: "fawkes::channel", topic = %self.core.topic, event, %err, "push dropped")
             }
         }
-    }
-
-    fn check(&self, payload: &Payload) -> Result<(), ChannelError> {
-        if !valid_payload(payload) {
-            return Err(ChannelError::InvalidPayload);
-        }
-        Ok(())
     }
 
     /// Broadcasts `event` to every subscriber of the topic on every node,

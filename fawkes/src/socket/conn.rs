@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use fawkes_protocol::{Message, Payload, events};
+use fawkes_protocol::{Message, Payload, Ref, events};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -87,16 +87,17 @@ impl Conn {
 
     fn reply(
         &self,
-        join_ref: Option<fawkes_protocol::Ref>,
-        msg: &Message,
+        join_ref: Option<Ref>,
+        ref_: Option<Ref>,
+        topic: &str,
         status: &str,
         response: serde_json::Value,
     ) {
         if let Some(frame) = reply_frame(
             &self.shared,
             join_ref,
-            msg.ref_.clone(),
-            &msg.topic,
+            ref_,
+            topic,
             status,
             Payload::Json(response),
         ) {
@@ -104,8 +105,20 @@ impl Conn {
         }
     }
 
-    fn unmatched(&self, msg: &Message) {
-        self.reply(None, msg, "error", json!({"reason": "unmatched topic"}));
+    /// PROTOCOL §4.3 step 5: on a topic without a channel, a leave is
+    /// answered ok, anything else "unmatched topic" with a null join_ref.
+    fn no_channel(&self, leave: bool, join_ref: Option<Ref>, ref_: Option<Ref>, topic: &str) {
+        if leave {
+            self.reply(join_ref, ref_, topic, "ok", json!({}));
+        } else {
+            self.reply(
+                None,
+                ref_,
+                topic,
+                "error",
+                json!({"reason": "unmatched topic"}),
+            );
+        }
     }
 
     /// Applies what the socket's channels reported.
@@ -129,19 +142,16 @@ impl Conn {
     pub(crate) async fn handle(&mut self, msg: Message) {
         if msg.topic == events::PHOENIX_TOPIC && msg.event == events::HEARTBEAT {
             // PROTOCOL §4.12: join_ref null, whatever the request carried.
-            self.reply(None, &msg, "ok", json!({}));
+            self.reply(None, msg.ref_, &msg.topic, "ok", json!({}));
             return;
         }
         if msg.event == events::JOIN {
             self.join(msg).await;
             return;
         }
+        let leave = msg.event == events::LEAVE;
         let Some(core) = self.channels.get(msg.topic.as_str()).cloned() else {
-            if msg.event == events::LEAVE {
-                self.reply(msg.join_ref.clone(), &msg, "ok", json!({}));
-            } else {
-                self.unmatched(&msg);
-            }
+            self.no_channel(leave, msg.join_ref, msg.ref_, &msg.topic);
             return;
         };
         if msg.join_ref.is_some() && msg.join_ref != core.join_ref {
@@ -149,7 +159,6 @@ impl Conn {
             tracing::debug!(target: "fawkes::socket", topic = %msg.topic, event = %msg.event, "stale join_ref, dropped");
             return;
         }
-        let leave = msg.event == events::LEAVE;
         let Message {
             join_ref,
             ref_,
@@ -175,18 +184,7 @@ impl Conn {
         if !sent {
             // The channel ended meanwhile: answer as for a topic without one.
             self.channels.remove(topic.as_str());
-            let msg = Message {
-                join_ref: join_ref.clone(),
-                ref_,
-                topic,
-                event: String::new(),
-                payload: Payload::empty(),
-            };
-            if leave {
-                self.reply(join_ref, &msg, "ok", json!({}));
-            } else {
-                self.unmatched(&msg);
-            }
+            self.no_channel(leave, join_ref, ref_, &topic);
         }
     }
 
@@ -200,7 +198,7 @@ impl Conn {
         }
         let refuse =
             |this: &Self, join_ref, response, after_reply: Option<fawkes_protocol::Frame>| {
-                this.reply(join_ref, &msg, "error", response);
+                this.reply(join_ref, msg.ref_.clone(), &msg.topic, "error", response);
                 if let Some(frame) = after_reply {
                     this.shared.push(frame);
                 }
