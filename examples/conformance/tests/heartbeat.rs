@@ -165,3 +165,17 @@ async fn c25_any_received_frame_resets_the_idle_timer() {
     }
     client.barrier().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_are_answered_at_once() {
+    let server = TestServer::start().await;
+    let mut client = server.ws_v2().await;
+    client
+        .try_send(tokio_tungstenite::tungstenite::Message::Ping(
+            b"are you there".to_vec().into(),
+        ))
+        .await
+        .unwrap();
+    client.expect_pong(b"are you there").await;
+    client.barrier().await;
+}

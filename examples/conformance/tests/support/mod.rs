@@ -435,6 +435,14 @@ impl WsClient {
         }
     }
 
+    /// Waits for a pong carrying `data` (other frames are an error).
+    pub async fn expect_pong(&mut self, data: &[u8]) {
+        match tokio::time::timeout(RECV_TIMEOUT, self.stream.next()).await {
+            Ok(Some(Ok(Message::Pong(got)))) => assert_eq!(&got[..], data),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+
     /// The next frame, which must be JSON.
     pub async fn recv_json(&mut self) -> Value {
         match self.recv().await {
