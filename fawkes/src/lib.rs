@@ -33,6 +33,7 @@ pub mod pubsub;
 pub mod socket;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod token;
 pub mod transport;
 
 /// The wire protocol (re-export of the `fawkes-protocol` crate).
@@ -45,7 +46,8 @@ pub use channel::{
 pub use endpoint::{Endpoint, EndpointBuilder, SocketBuilder, Stats};
 pub use fawkes_protocol::Payload;
 pub use socket::{Assigns, ConnectInfo, Params, Refused, Socket, Transport};
-pub use transport::{CheckOrigin, TransportError, WebSocketConfig};
+pub use token::{Token, TokenError};
+pub use transport::{CheckOrigin, LongPollConfig, TransportError, WebSocketConfig};
 
 /// Compiles the README's examples.
 #[cfg(doctest)]

@@ -4,9 +4,9 @@
 //! `cargo run --release --bin fawkes-conformance` (`--port`, `--host`,
 //! `--node-name`; it listens on 127.0.0.1:4000 by default).
 //!
-//! A socket at `/socket` (WebSocket at `/socket/websocket`, serializers
-//! `1.0.x` and `2.0.x`; origins other than `localhost` and `127.0.0.1` are
-//! refused). `connect`: `reject=true` or the bearer token `reject` refuses,
+//! A socket at `/socket` (WebSocket at `/socket/websocket`, LongPoll at
+//! `/socket/longpoll`, serializers `1.0.x` and `2.0.x`; origins other than
+//! `localhost` and `127.0.0.1` are refused). `connect`: `reject=true` or the bearer token `reject` refuses,
 //! `user_id=U` names the socket `user_socket:U`. Channels:
 //!
 //! | topics | channel |
@@ -27,7 +27,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fawkes::{
-    Assigns, CheckOrigin, ConnectInfo, Endpoint, Params, Refused, Socket, WebSocketConfig,
+    Assigns, CheckOrigin, ConnectInfo, Endpoint, LongPollConfig, Params, Refused, Socket,
+    WebSocketConfig,
 };
 
 pub use channels::{Bench, Chat, Room, UserId};
@@ -39,6 +40,9 @@ pub struct Options {
     pub node_name: String,
     /// Close a WebSocket that received nothing for this long (default 60 s).
     pub idle_timeout: Duration,
+    /// The LongPoll poll window (default 10 s): a poll waits this long for
+    /// messages, and a session without a poll for 1.5 × this ends.
+    pub longpoll_window: Duration,
     /// `redis://HOST:PORT` to join a cluster; `None` runs alone.
     pub pubsub: Option<String>,
 }
@@ -48,6 +52,7 @@ impl Default for Options {
         Options {
             node_name: random_node_name(),
             idle_timeout: Duration::from_secs(60),
+            longpoll_window: Duration::from_secs(10),
             pubsub: None,
         }
     }
@@ -105,6 +110,7 @@ pub fn app(opts: &Options) -> (axum::Router, Endpoint) {
         .channel("bench:*", Bench)
         .check_origin(check_origin)
         .websocket(WebSocketConfig::default().idle_timeout(opts.idle_timeout))
+        .longpoll(LongPollConfig::default().window(opts.longpoll_window))
         .build();
     let router = socket_router.merge(http_api::router(endpoint.clone(), opts.node_name.clone()));
     (router, endpoint)

@@ -58,7 +58,8 @@ use tokio_util::task::TaskTracker;
 use crate::channel::{Channel, ChannelError, ChannelFactory, Route};
 use crate::pubsub::PubSub;
 use crate::socket::{DynSocket, OutboxLimits, Socket, TopicPattern};
-use crate::transport::{CheckOrigin, WebSocketConfig, websocket};
+use crate::token::Token;
+use crate::transport::{CheckOrigin, LongPollConfig, WebSocketConfig, longpoll, websocket};
 
 /// What every task of an endpoint shares.
 pub(crate) struct Shared {
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) root: CancellationToken,
     pub(crate) sockets: AtomicUsize,
     pub(crate) channels: AtomicUsize,
+    /// Signs LongPoll session tokens.
+    pub(crate) token: Token,
     /// The mounted sockets by path, for in-memory sockets ([`crate::testing`]).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) mounts: Vec<(String, Arc<SocketConfig>)>,
@@ -82,6 +85,8 @@ pub(crate) struct SocketConfig {
     pub(crate) outbox: OutboxLimits,
     pub(crate) check_origin: CheckOrigin,
     pub(crate) websocket: WebSocketConfig,
+    /// `None`: no LongPoll transport.
+    pub(crate) longpoll: Option<LongPollConfig>,
 }
 
 impl SocketConfig {
@@ -130,6 +135,7 @@ impl Endpoint {
             pubsub: None,
             sockets: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+            token: None,
         }
     }
 
@@ -200,9 +206,23 @@ pub struct EndpointBuilder {
     pubsub: Option<PubSub>,
     sockets: Vec<(String, SocketConfig)>,
     shutdown_timeout: Duration,
+    token: Option<Token>,
 }
 
 impl EndpointBuilder {
+    /// The secret that signs the endpoint's tokens (LongPoll sessions), like
+    /// Phoenix's `secret_key_base`: at least 32 bytes, kept out of the
+    /// source (read it from the environment). Nodes of one cluster need the
+    /// same secret. Default: a random secret per process.
+    ///
+    /// # Panics
+    ///
+    /// If `secret` is shorter than [`Token::MIN_SECRET_LEN`].
+    pub fn secret_key_base(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.token = Some(Token::new(secret));
+        self
+    }
+
     /// Uses this pubsub (for instance one with a cluster adapter) instead of a
     /// new in-memory one.
     pub fn pubsub(mut self, pubsub: PubSub) -> Self {
@@ -217,7 +237,8 @@ impl EndpointBuilder {
     }
 
     /// Mounts a socket handler at `path` (e.g. `/socket`): WebSocket at
-    /// `<path>/websocket`.
+    /// `<path>/websocket`, and LongPoll at `<path>/longpoll` once enabled
+    /// with [`SocketBuilder::longpoll`].
     pub fn socket(self, path: &str, handler: impl Socket) -> SocketBuilder {
         SocketBuilder {
             endpoint: self,
@@ -233,6 +254,7 @@ impl EndpointBuilder {
                 },
                 check_origin: CheckOrigin::default(),
                 websocket: WebSocketConfig::default(),
+                longpoll: None,
             },
         }
     }
@@ -250,11 +272,22 @@ impl EndpointBuilder {
             root: CancellationToken::new(),
             sockets: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
+            token: self.token.unwrap_or_else(Token::generate),
             mounts: mounts.clone(),
             shutdown_timeout: self.shutdown_timeout,
         });
         let mut router = Router::new();
         for (path, config) in mounts {
+            if config.longpoll.is_some() {
+                let (config, env) = (config.clone(), shared.clone());
+                let sessions = Arc::new(longpoll::Sessions::default());
+                router = router.route(
+                    &format!("{path}/longpoll"),
+                    any(move |req| {
+                        longpoll::handle(config.clone(), env.clone(), sessions.clone(), req)
+                    }),
+                );
+            }
             let env = shared.clone();
             router = router.route(
                 &format!("{path}/websocket"),
@@ -296,6 +329,19 @@ impl SocketBuilder {
     /// WebSocket limits and buffers.
     pub fn websocket(mut self, config: WebSocketConfig) -> Self {
         self.config.websocket = config;
+        self
+    }
+
+    /// Enables the LongPoll transport at `<path>/longpoll`, for clients that
+    /// cannot hold a WebSocket (phoenix.js's `LongPoll` transport and its
+    /// `longPollFallbackMs` option). Off by default, as in Phoenix.
+    ///
+    /// Channels need no change: a LongPoll socket has the same channels,
+    /// limits and outbox (the buffer polls drain, with the same slow-client
+    /// policy), and [`Context::transport`](crate::Context::transport) tells
+    /// them apart. Binary frames are never sent over LongPoll (PROTOCOL §6.6).
+    pub fn longpoll(mut self, config: LongPollConfig) -> Self {
+        self.config.longpoll = Some(config);
         self
     }
 

@@ -160,8 +160,9 @@ pub struct ConnectInfo {
     pub peer: Option<SocketAddr>,
     /// The request URI.
     pub uri: Uri,
-    /// The bearer token of phoenix.js's `authToken` option, decoded from
-    /// `Sec-WebSocket-Protocol` (PROTOCOL §1.6).
+    /// The bearer token of phoenix.js's `authToken` option: decoded from
+    /// `Sec-WebSocket-Protocol` on WebSocket (PROTOCOL §1.6), the
+    /// `X-Phoenix-AuthToken` header on LongPoll.
     pub auth_token: Option<String>,
     /// The transport.
     pub transport: Transport,

@@ -165,6 +165,27 @@ impl SocketShared {
         }
     }
 
+    /// Takes the queued socket events, leaving the frames.
+    pub(crate) fn take_events(&self) -> Vec<SocketEvent> {
+        std::mem::take(&mut self.lock().events)
+    }
+
+    /// Takes the queued frames, leaving the events.
+    pub(crate) fn take_frames(&self) -> VecDeque<Frame> {
+        let mut out = self.lock();
+        out.bytes = 0;
+        std::mem::take(&mut out.frames)
+    }
+
+    /// Puts frames that could not be handed over back at the front of the
+    /// queue, in order. They were within the bounds when first queued.
+    pub(crate) fn requeue(&self, mut frames: VecDeque<Frame>) {
+        let mut out = self.lock();
+        out.bytes += frames.iter().map(Frame::len).sum::<usize>();
+        frames.append(&mut out.frames);
+        out.frames = frames;
+    }
+
     /// Waits until something is queued (or a close is requested).
     pub(crate) async fn notified(&self) {
         self.notify.notified().await

@@ -1,11 +1,12 @@
 //! Transports: how a client's bytes reach its socket, and the socket's
 //! frames reach the client.
 //!
-//! Owns WebSocket (and, later, LongPoll) on axum, the origin check, `vsn`
+//! Owns WebSocket and LongPoll on axum, the origin check, `vsn`
 //! negotiation and frame size limits. Knows nothing of channel logic: a
 //! transport decodes frames into messages for the socket and writes out what
 //! the socket's outbox holds.
 
+pub(crate) mod longpoll;
 mod origin;
 pub(crate) mod websocket;
 
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use fawkes_protocol::Serializer;
 use http::StatusCode;
 
+pub use longpoll::LongPollConfig;
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use websocket::WebSocketConfig;
 

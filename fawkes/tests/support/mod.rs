@@ -588,6 +588,11 @@ impl Channel for Probe {
         if payload["refuse"] == true {
             return Err(json!({"reason": "refused"}));
         }
+        if payload["block"] == true {
+            let (tx, rx) = oneshot::channel();
+            let _ = self.obs.send(Seen::Blocked(tx));
+            let _ = rx.await;
+        }
         self.name = payload["name"].as_str().unwrap_or_default().to_owned();
         self.mute = payload["mute"] == true;
         self.panic_out = payload["panic_out"] == true;

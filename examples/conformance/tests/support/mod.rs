@@ -34,6 +34,7 @@ pub fn options() -> Options {
         node_name: NODE.to_string(),
         idle_timeout: Duration::from_secs(60),
         pubsub: None,
+        ..Options::default()
     }
 }
 
