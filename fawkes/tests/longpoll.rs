@@ -252,3 +252,17 @@ async fn shutdown_answers_a_pending_poll_at_once_and_terminates_channels() {
     assert_eq!(answer["status"], 204, "{answer}");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test]
+async fn sessions_beyond_max_sessions_are_refused_until_one_ends() {
+    let (obs, _seer) = observer();
+    let server = serve_probe(&obs, |s| s.longpoll(lp(400).max_sessions(2))).await;
+    let _a = Lp::open(server.addr, "").await;
+    let _b = Lp::open(server.addr, "").await;
+    let url = format!("http://{}/socket/longpoll?vsn=2.0.0", server.addr);
+    let answer = reqwest::get(&url).await.expect("get");
+    assert_eq!(answer.status(), 503);
+    // Abandoned, both end after 1.5–3 windows; then a new session opens.
+    server.wait_stats(0, 0).await;
+    Lp::open(server.addr, "").await;
+}

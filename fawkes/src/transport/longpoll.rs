@@ -49,6 +49,11 @@ pub struct LongPollConfig {
     pub max_body_size: usize,
     /// How long a session token stays valid. Default two weeks, as Phoenix.
     pub token_max_age: Duration,
+    /// At most this many live sessions per socket; further clients get HTTP
+    /// 503 (phoenix.js retries) until some end. A session costs a few KiB
+    /// and outlives an abandoning client by up to 3 windows, so this bounds
+    /// what a flood of session opens can take. Default 100,000.
+    pub max_sessions: usize,
 }
 
 impl Default for LongPollConfig {
@@ -57,6 +62,7 @@ impl Default for LongPollConfig {
             window: Duration::from_secs(10),
             max_body_size: 8_000_000,
             token_max_age: Duration::from_secs(14 * 24 * 3600),
+            max_sessions: 100_000,
         }
     }
 }
@@ -71,6 +77,12 @@ impl LongPollConfig {
     /// Sets [`max_body_size`](Self::max_body_size).
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body_size = bytes;
+        self
+    }
+
+    /// Sets [`max_sessions`](Self::max_sessions).
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
         self
     }
 
@@ -285,6 +297,12 @@ async fn open(
 ) -> Response {
     if env.root.is_cancelled() {
         return TransportError::ShuttingDown.into_response();
+    }
+    // Checked before `connect`, so a flood of opens costs little; a few
+    // concurrent opens may overshoot by as many.
+    if sessions.lock().len() >= lp.max_sessions {
+        tracing::warn!(target: "fawkes::transport", max = lp.max_sessions, "too many longpoll sessions, refusing");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let (parts, _body) = req.into_parts();
     let params = Params::from_query(parts.uri.query().unwrap_or(""));
