@@ -1,6 +1,7 @@
 //! Fawkes: Phoenix Channels for Rust.
 //!
-//! A client opens one **socket** (a WebSocket) and multiplexes **channels**
+//! A client opens one **socket** (a WebSocket, or LongPoll HTTP requests for
+//! clients that cannot hold one) and multiplexes **channels**
 //! over it, one per **topic** it joins (`room:lobby`). Your [`Socket`]
 //! authenticates the connection in `connect` and may name it with `id`; your
 //! [`Channel`]s authorise joins, handle the events clients push, reply, push
@@ -21,8 +22,9 @@
 //! * [`socket`]: the socket handler, topic routing, per-connection dispatch.
 //! * [`channel`]: the channel trait, its context, the channel task.
 //! * [`pubsub`]: topics, subscribers, the fast lane, the cluster adapter seam.
-//! * [`transport`]: WebSocket on axum, origin check, limits.
+//! * [`transport`]: WebSocket and LongPoll on axum, origin check, limits.
 //! * [`endpoint`]: the builder and the handle users hold.
+//! * [`token`]: signed tokens, to authenticate sockets (and LongPoll sessions).
 //! * `testing` (feature `testing`): in-memory sockets to test channels
 //!   without a network.
 
