@@ -35,7 +35,42 @@ use super::{TransportError, negotiate};
 use crate::endpoint::{Shared, SocketConfig};
 use crate::socket::{CloseReason, Conn, ConnectInfo, Params, SocketShared, Transport};
 
-/// Limits and timings of LongPoll sessions.
+/// Limits and timings of LongPoll sessions; enable the transport with
+/// [`SocketBuilder::longpoll`](crate::SocketBuilder::longpoll).
+///
+/// How it works (Phoenix's protocol, PROTOCOL §6): a `GET` without a usable
+/// token runs the origin check, `vsn` negotiation and `connect`, opens a
+/// session and answers `{"status":410,"token":…}`; a `GET` with the token
+/// waits up to [`window`](Self::window) for the socket's frames (`200` with
+/// the messages, or `204`); a `POST` of `application/x-ndjson` lines hands
+/// each message to the socket in order (`200`, or `408` when one is not
+/// taken within the window). Every answer is HTTP 200 with the outcome in
+/// the JSON body; refusals are `{"status":403}`.
+///
+/// Session tokens are signed with the endpoint's
+/// [`secret_key_base`](crate::EndpointBuilder::secret_key_base): a tampered,
+/// expired or foreign token names no session (a `GET` opens a new one, a
+/// `POST` gets `410`). The token may come as the `token` query parameter
+/// (phoenix.js ≤ 1.8) or the `X-Phoenix-Longpoll-Token` header (which wins).
+///
+/// A session's frames wait in the socket's outbox between polls, bounded by
+/// [`SocketBuilder::outbox_limits`](crate::SocketBuilder::outbox_limits): a
+/// client that stops polling while messages pile up is disconnected, as a
+/// slow WebSocket reader is.
+///
+/// Binary frames are never sent: a poll answer is JSON, and phoenix.js
+/// could not read them (Phoenix cannot send them either). A binary push,
+/// reply or broadcast to a LongPoll socket is dropped and logged; channels
+/// that send binary check [`Context::transport`](crate::Context::transport)
+/// and answer otherwise. Binary *client* pushes (base64 ndjson lines) work.
+///
+/// ```
+/// use std::time::Duration;
+/// use fawkes::LongPollConfig;
+///
+/// let config = LongPollConfig::default().window(Duration::from_secs(5));
+/// assert_eq!(config.max_body_size, 8_000_000);
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LongPollConfig {
