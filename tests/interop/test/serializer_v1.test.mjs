@@ -1,4 +1,10 @@
 // The V1 serializer (vsn 1.0.0): JSON objects, no join_ref from the server.
+//
+// The phoenix.js tests run over WebSocket only: phoenix.js 1.8.16 ignores the
+// `encode`/`decode` options when its transport is LongPoll (it always uses its
+// V2 serializer there, and sends x-ndjson lines, which a server reads as V2),
+// so phoenix.js cannot speak V1 over LongPoll. The raw-client tests at the end
+// run over both transports.
 import { test, before, after, afterEach } from "node:test"
 import assert from "node:assert/strict"
 import * as h from "./support.mjs"
@@ -92,30 +98,55 @@ test("V1: leave replies ok and closes the channel", async () => {
   assertV1Shape(socket)
 })
 
-test("no vsn parameter means V1 (raw ws)", async () => {
-  const client = await h.rawConnect(server, { vsn: null })
-  const topic = h.uniq("room:novsn")
-  client.sendJson({ topic, event: "phx_join", payload: {}, ref: "1" })
-  const reply = await client.frames.waitFor((f) => f.json && f.json.ref === "1", "V1 join reply")
-  assert.deepEqual(reply.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "1" })
-  // the join carried no join_ref, so the classic V1 push without one is the matching one
-  client.sendJson({ topic, event: "echo", payload: { a: [1] }, ref: "2" })
-  const echo = await client.frames.waitFor((f) => f.json && f.json.ref === "2", "V1 echo reply")
-  assert.deepEqual(echo.json, { topic, event: "phx_reply", payload: { status: "ok", response: { a: [1] } }, ref: "2" })
-})
+// Raw V1 clients over each transport. Over LongPoll a V1 client POSTs one
+// message per request as the whole body (not x-ndjson, whose lines are V2 text
+// or base64 binary: PROTOCOL.md §6.5).
+h.forEachTransport((transport) => {
+  test("no vsn parameter means V1 (raw client)", async () => {
+    const client = await h.rawConnect(server, { transport, vsn: null })
+    const topic = h.uniq("room:novsn")
+    client.sendJson({ topic, event: "phx_join", payload: {}, ref: "1" })
+    const reply = await client.frames.waitFor((f) => f.json && f.json.ref === "1", "V1 join reply")
+    assert.deepEqual(reply.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "1" })
+    // the join carried no join_ref, so the classic V1 push without one is the matching one
+    client.sendJson({ topic, event: "echo", payload: { a: [1] }, ref: "2" })
+    const echo = await client.frames.waitFor((f) => f.json && f.json.ref === "2", "V1 echo reply")
+    assert.deepEqual(echo.json, { topic, event: "phx_reply", payload: { status: "ok", response: { a: [1] } }, ref: "2" })
+  })
 
-test("V1 raw: a join with a join_ref, then pushes with that join_ref; a leave ends with phx_close", async () => {
-  const client = await h.rawConnect(server, { vsn: "1.0.0" })
-  const topic = h.uniq("room:v1raw")
-  client.sendJson({ join_ref: "5", ref: "5", topic, event: "phx_join", payload: {} })
-  const reply = await client.frames.waitFor((f) => f.json?.ref === "5", "V1 join reply")
-  assert.deepEqual(reply.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "5" })
-  client.sendJson({ join_ref: "5", ref: "6", topic, event: "echo", payload: { b: 2 } })
-  const echo = await client.frames.waitFor((f) => f.json?.ref === "6", "V1 echo reply")
-  assert.deepEqual(echo.json, { topic, event: "phx_reply", payload: { status: "ok", response: { b: 2 } }, ref: "6" })
-  client.sendJson({ join_ref: "5", ref: "7", topic, event: "phx_leave", payload: {} })
-  const left = await client.frames.waitFor((f) => f.json?.ref === "7", "V1 leave reply")
-  assert.deepEqual(left.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "7" })
-  const close = await client.frames.waitFor((f) => f.json?.event === "phx_close", "V1 phx_close")
-  assert.deepEqual(close.json, { topic, event: "phx_close", payload: {}, ref: "5" })
+  test("V1 raw: a join with a join_ref, then pushes with that join_ref; a leave ends with phx_close", async () => {
+    const client = await h.rawConnect(server, { transport, vsn: "1.0.0" })
+    const topic = h.uniq("room:v1raw")
+    client.sendJson({ join_ref: "5", ref: "5", topic, event: "phx_join", payload: {} })
+    const reply = await client.frames.waitFor((f) => f.json?.ref === "5", "V1 join reply")
+    assert.deepEqual(reply.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "5" })
+    client.sendJson({ join_ref: "5", ref: "6", topic, event: "echo", payload: { b: 2 } })
+    const echo = await client.frames.waitFor((f) => f.json?.ref === "6", "V1 echo reply")
+    assert.deepEqual(echo.json, { topic, event: "phx_reply", payload: { status: "ok", response: { b: 2 } }, ref: "6" })
+    client.sendJson({ join_ref: "5", ref: "7", topic, event: "phx_leave", payload: {} })
+    const left = await client.frames.waitFor((f) => f.json?.ref === "7", "V1 leave reply")
+    assert.deepEqual(left.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "7" })
+    const close = await client.frames.waitFor((f) => f.json?.event === "phx_close", "V1 phx_close")
+    assert.deepEqual(close.json, { topic, event: "phx_close", payload: {}, ref: "5" })
+  })
+
+  test("V1 raw: an intercepted new_msg from a phoenix.js V2 client arrives as {topic, event, payload, ref: null}", async () => {
+    const topic = h.uniq("room:v1rawmix")
+    const client = await h.rawConnect(server, { transport, vsn: "1.0.0", params: { user_id: "v1raw" } })
+    client.sendJson({ join_ref: "1", ref: "1", topic, event: "phx_join", payload: {} })
+    const reply = await client.frames.waitFor((f) => f.json?.ref === "1", "V1 join reply")
+    assert.deepEqual(reply.json, { topic, event: "phx_reply", payload: { status: "ok", response: {} }, ref: "1" })
+    const joined = await client.frames.waitFor((f) => f.json?.event === "joined", "V1 joined push")
+    assert.deepEqual(joined.json, { topic, event: "joined", payload: { status: "connected", user_id: "v1raw" }, ref: null })
+
+    const v2 = await h.connectSocket(server, { transport })
+    const c2 = await h.joinRoom(v2, topic)
+    assert.equal((await h.pushChannel(c2, "new_msg", { body: "to v1" })).status, "ok")
+    const msg = await client.frames.waitFor((f) => f.json?.event === "new_msg", "new_msg on the raw V1 client")
+    assert.deepEqual(msg.json, { topic, event: "new_msg", payload: { body: "to v1", transport }, ref: null })
+    for (const f of client.frames.items) {
+      assert.deepEqual(Object.keys(f.json ?? {}).sort(), ["event", "payload", "ref", "topic"],
+        `V1 server frames have exactly topic/event/payload/ref: ${f.text}`)
+    }
+  })
 })

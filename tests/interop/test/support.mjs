@@ -10,11 +10,12 @@
 import { spawn } from "node:child_process"
 import { existsSync } from "node:fs"
 import path from "node:path"
+import { describe as suite } from "node:test"
 import { fileURLToPath } from "node:url"
 import WebSocket from "ws"
-import { Socket } from "phoenix"
+import { Socket, LongPoll } from "phoenix"
 
-export { WebSocket, Socket }
+export { WebSocket, Socket, LongPoll }
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 export const INTEROP_DIR = path.resolve(HERE, "..")
@@ -24,6 +25,76 @@ export const DEFAULT_BIN = path.resolve(INTEROP_DIR, "../../target/debug/fawkes-
 export const WAIT_MS = Number(process.env.FAWKES_WAIT_MS || 3000)
 /** Default phoenix.js push/join timeout used by the suite, in ms. */
 export const PUSH_TIMEOUT_MS = Number(process.env.FAWKES_PUSH_TIMEOUT_MS || 3000)
+
+// ---------------------------------------------------------------------------
+// Transports
+
+const ALL_TRANSPORTS = ["websocket", "longpoll"]
+
+/**
+ * The transports the channel scenarios run over. `FAWKES_TRANSPORTS` (a comma
+ * separated list, e.g. `websocket`) narrows it; the default is both.
+ */
+export const TRANSPORTS = (() => {
+  const wanted = (process.env.FAWKES_TRANSPORTS || ALL_TRANSPORTS.join(","))
+    .split(",").map((t) => t.trim()).filter(Boolean)
+  for (const t of wanted) {
+    if (!ALL_TRANSPORTS.includes(t)) throw new Error(`FAWKES_TRANSPORTS: unknown transport ${JSON.stringify(t)}`)
+  }
+  return ALL_TRANSPORTS.filter((t) => wanted.includes(t))
+})()
+
+/** Whether the scenarios of `transport` are selected (see TRANSPORTS). */
+export const hasTransport = (transport) => TRANSPORTS.includes(transport)
+
+/**
+ * Run a block of tests once per transport, each inside a node:test
+ * `describe(transport)`: `h.forEachTransport((transport) => { test(…) })`.
+ * Hooks registered at file level (`afterEach(closeAll)`) apply inside.
+ */
+export function forEachTransport(body) {
+  for (const transport of TRANSPORTS) suite(transport, () => body(transport))
+}
+
+/** The phoenix.js transport class for a transport name. */
+export function transportClass(name) {
+  switch (name) {
+    case "websocket": return WebSocket
+    case "longpoll": return LongPoll
+    default: throw new Error(`unknown transport ${JSON.stringify(name)}`)
+  }
+}
+
+/**
+ * LongPoll poll window of the server (PROTOCOL.md §6.4): an idle GET is held
+ * this long. When a session ends on the server (forced disconnect), phoenix.js
+ * may only notice when its pending GET returns, so waits for that use
+ * SESSION_END_MS.
+ */
+export const LONGPOLL_WINDOW_MS = 10000
+export const SESSION_END_MS = LONGPOLL_WINDOW_MS + WAIT_MS
+
+// Opt-in trace of every fetch (phoenix.js LongPoll uses the global fetch):
+// FAWKES_TRACE_HTTP=1 prints each request and answer on stderr.
+if (process.env.FAWKES_TRACE_HTTP) {
+  const original = globalThis.fetch
+  let n = 0
+  globalThis.fetch = async (input, init = {}) => {
+    const id = ++n
+    const t0 = Date.now()
+    const body = typeof init.body === "string" ? init.body : init.body == null ? "" : "(non-string body)"
+    process.stderr.write(`[fetch ${id}] → ${init.method ?? "GET"} ${input} ${JSON.stringify(init.headers ?? {})} ${body}\n`)
+    try {
+      const res = await original(input, init)
+      const text = await res.clone().text()
+      process.stderr.write(`[fetch ${id}] ← ${res.status} after ${Date.now() - t0} ms ${text}\n`)
+      return res
+    } catch (err) {
+      process.stderr.write(`[fetch ${id}] ✗ ${err.name}: ${err.message} after ${Date.now() - t0} ms\n`)
+      throw err
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Server process
@@ -259,6 +330,9 @@ function track(closer) {
   return () => live.delete(closer)
 }
 
+/** Register `closer` (sync or async) to run at the next `closeAll()`. */
+export const onCleanup = (closer) => track(closer)
+
 /** Disconnect every phoenix socket and raw client created since the last call. */
 export async function closeAll() {
   const closers = [...live]
@@ -274,24 +348,38 @@ export async function closeAll() {
  * capture through `socket.onMessage` (`socket.frames`, an Inbox of decoded
  * messages `{join_ref, ref, topic, event, payload}`), and state flags.
  *
+ * `opts.transport` is `"websocket"` (default) or `"longpoll"` (phoenix.js
+ * `LongPoll`); a transport class is passed through as is (for the
+ * `longPollFallbackMs` tests). `socket.transportKind` is the name (not
+ * `transportName`: phoenix.js has a method of that name).
+ *
+ * Socket events (`socket.events`): `{type: "open"}`, `{type: "close", code,
+ * reason, wasClean}`, `{type: "error", message, value}` (`value` is the error
+ * itself when it is not an object: phoenix.js LongPoll reports the poll
+ * status, e.g. 403 or 410).
+ *
  * @param {{url: string}} server
  * @param {object} [opts] Socket options; overrides the defaults below.
  */
 export function makeSocket(server, opts = {}) {
+  const { transport = "websocket", ...socketOpts } = opts
+  const transportName = typeof transport === "string" ? transport : (transport === LongPoll ? "longpoll" : "websocket")
   const socket = new Socket(`${server.url}/socket`, {
-    transport: WebSocket,
+    transport: typeof transport === "string" ? transportClass(transport) : transport,
     timeout: PUSH_TIMEOUT_MS,
     // fast, deterministic recovery in tests
     rejoinAfterMs: () => 100,
     reconnectAfterMs: (tries) => [10, 50, 100, 150, 200][tries - 1] || 250,
-    ...opts,
+    ...socketOpts,
   })
-  socket.frames = new Inbox(`frames(${JSON.stringify(opts.params ?? {})})`)
-  socket.events = new Inbox("socket events")
+  socket.transportKind = transportName
+  socket.frames = new Inbox(`frames(${transportName} ${JSON.stringify(opts.params ?? {})})`)
+  socket.events = new Inbox(`socket events (${transportName})`)
   socket.onMessage((msg) => socket.frames.add(msg))
   socket.onOpen(() => socket.events.add({ type: "open" }))
   socket.onClose((ev) => socket.events.add({ type: "close", code: ev?.code, reason: ev?.reason, wasClean: ev?.wasClean }))
-  socket.onError((err) => socket.events.add({ type: "error", message: err?.message }))
+  socket.onError((err) => socket.events.add({ type: "error", message: err?.message,
+    value: err === null || typeof err !== "object" ? err : undefined }))
   // Remember every channel and push, so the cleanup can cancel their timers
   // (a pending rejoin or push timeout would keep node alive after the test).
   const channels = []
@@ -334,6 +422,9 @@ export async function connectSocket(server, opts = {}) {
   const first = await opened
   if (first.type !== "open") {
     throw new Error(`socket with opts ${describe(opts)} did not open; got ${describe(socket.events.items)}`)
+  }
+  if (socket.transportKind === "longpoll" && !(socket.conn instanceof LongPoll)) {
+    throw new Error(`socket with opts ${describe(opts)} opened, but not over LongPoll`)
   }
   return socket
 }
@@ -398,13 +489,28 @@ export const onTopic = (topic, event) => (f) => f.topic === topic && (event === 
 // Raw `ws` clients
 
 /**
- * Open a raw WebSocket to /socket/websocket with the given query params.
- * Frames are recorded in `client.frames` (Inbox): text frames are JSON-parsed
- * (`{text, json}`), binary frames kept as Buffers (`{binary}`).
+ * Open a raw client with the given query params and wait until it is open.
+ * Frames are recorded in `client.frames` (Inbox): text messages are
+ * JSON-parsed (`{text, json}`), binary frames kept as Buffers (`{binary}`).
+ * Both kinds of client have `sendJson`, `waitForMsg`, `waitForReply`, `close`.
+ *
+ * - `transport: "websocket"` (default): a `ws` WebSocket to /socket/websocket
+ *   (options `protocols`, `wsOptions`), see `rawClient`;
+ * - `transport: "longpoll"`: plain HTTP requests to /socket/longpoll
+ *   (options `headers`, `tokenVia`), see `rawLongPoll`.
  *
  * @returns {Promise<RawClient>}
  */
-export async function rawConnect(server, { params = {}, vsn = "2.0.0", protocols, wsOptions = {} } = {}) {
+export async function rawConnect(server, { transport = "websocket", params = {}, vsn = "2.0.0", protocols, wsOptions = {}, headers, tokenVia } = {}) {
+  if (transport === "longpoll") {
+    const client = rawLongPoll(server, { params, vsn, headers, tokenVia })
+    const res = await client.open()
+    if (!client.token) {
+      throw new Error(`raw LongPoll session did not open: ${describe({ status: res.status, body: res.text })}`)
+    }
+    return client
+  }
+  if (transport !== "websocket") throw new Error(`unknown transport ${JSON.stringify(transport)}`)
   const client = rawClient(server, { params, vsn, protocols, wsOptions })
   await client.opened
   return client
@@ -418,7 +524,7 @@ export function rawClient(server, { params = {}, vsn = "2.0.0", protocols, wsOpt
   const url = `${server.url}/socket/websocket${query ? `?${query}` : ""}`
   const ws = new WebSocket(url, protocols, wsOptions)
   const frames = new Inbox(`raw ${url}`)
-  const client = { ws, url, frames }
+  const client = { ws, url, frames, transport: "websocket" }
 
   client.unexpectedResponse = new Promise((resolve) => {
     ws.on("unexpected-response", (_req, res) => {
@@ -469,6 +575,146 @@ export function rawClient(server, { params = {}, vsn = "2.0.0", protocols, wsOpt
     if (ws.readyState === WebSocket.CLOSED) return Promise.resolve()
     ws.terminate()
     return withTimeout(client.closed, 2000, "raw client close").catch(() => {})
+  }
+  track(() => client.close())
+  return client
+}
+
+/** A text message as the raw clients record it: `{text, json}`. */
+function textFrame(text) {
+  let json
+  try { json = JSON.parse(text) } catch { json = undefined }
+  return { text, json }
+}
+
+/**
+ * A raw LongPoll client (PROTOCOL.md §6) on top of fetch, with the interface
+ * of the raw ws client: `frames` (one `{text, json}` per message string of the
+ * GET answers), `sendJson`, `waitForMsg`, `waitForReply`, `close`. Not opened:
+ * call `open()` (or use `rawConnect(server, {transport: "longpoll"})`).
+ *
+ * - `open()` sends the GET without token and resolves with the exchange; when
+ *   the answer is `{"status":410,"token":T}` it keeps T and starts polling
+ *   like phoenix.js: one GET at a time, the next one as soon as the previous
+ *   answer (200/204) is in, the answer's token kept. Any other answer ends the
+ *   loop and is recorded in `events` as `{type: "poll_end", status, json}`.
+ * - POSTs go one at a time, in order (phoenix.js waits for each answer too).
+ *   `sendJson` sends one message: for V2 as an `application/x-ndjson` line,
+ *   otherwise (V1) as the whole body with type `application/json`.
+ *   `sendLines` sends several ndjson lines in one POST. Answers are recorded in
+ *   `posts`; the promise they return resolves with the exchange.
+ * - `http` is an Inbox of every exchange `{method, url, reqHeaders, reqBody,
+ *   status, headers, text, json}` (or `error`), dumped when a wait fails.
+ * - `tokenVia`: `"query"` (phoenix.js 1.8: `&token=T`) or `"header"`
+ *   (`X-Phoenix-Longpoll-Token: T`, phoenix.js 1.9-dev).
+ * - `close()` stops polling and aborts pending requests. The server session
+ *   lives on until it expires (LongPoll has no close signal).
+ */
+export function rawLongPoll(server, { params = {}, vsn = "2.0.0", headers = {}, tokenVia = "query" } = {}) {
+  const qs = new URLSearchParams(params)
+  if (vsn !== null) qs.set("vsn", vsn)
+  const base = `${server.httpUrl}/socket/longpoll`
+  const isV2 = typeof vsn === "string" && vsn.startsWith("2.")
+  const frames = new Inbox(`raw longpoll ${base}?${qs}`)
+  const httpLog = new Inbox(`http exchanges of ${base}?${qs}`)
+  const events = new Inbox(`raw longpoll events ${base}?${qs}`)
+  const posts = new Inbox(`POST answers ${base}?${qs}`)
+  const controllers = new Set()
+  let closed = false
+  let polling = Promise.resolve()
+  let postChain = Promise.resolve()
+  const client = { transport: "longpoll", frames, http: httpLog, events, posts, token: null, vsn }
+
+  client.urlFor = (token) => {
+    const q = new URLSearchParams(qs)
+    if (token && tokenVia === "query") q.set("token", token)
+    const query = q.toString()
+    return `${base}${query ? `?${query}` : ""}`
+  }
+
+  /** One HTTP request against the LongPoll path (token: the session's unless given). */
+  client.request = async (method, { body, contentType, token = client.token, extraHeaders = {}, timeoutMs = WAIT_MS } = {}) => {
+    const reqHeaders = { ...headers, ...extraHeaders }
+    if (method === "GET" && !Object.keys(reqHeaders).some((k) => k.toLowerCase() === "accept")) reqHeaders.accept = "application/json"
+    if (contentType) reqHeaders["content-type"] = contentType
+    if (token && tokenVia === "header") reqHeaders["x-phoenix-longpoll-token"] = token
+    const url = client.urlFor(token)
+    const entry = { method, url, reqHeaders, reqBody: body }
+    const controller = new AbortController()
+    controllers.add(controller)
+    let timedOut = false
+    const timer = setTimeout(() => { timedOut = true; controller.abort() }, timeoutMs)
+    try {
+      const res = await fetch(url, { method, headers: reqHeaders, body, signal: controller.signal })
+      const text = await res.text()
+      Object.assign(entry, { status: res.status, headers: Object.fromEntries(res.headers), text, json: textFrame(text).json })
+      httpLog.add(entry)
+      return entry
+    } catch (err) {
+      entry.error = timedOut ? `no answer within ${timeoutMs} ms` : closed ? "aborted by close()" : `${err.name}: ${err.message}`
+      httpLog.add(entry)
+      throw new Error(`${method} ${url}: ${entry.error}`)
+    } finally {
+      clearTimeout(timer)
+      controllers.delete(controller)
+    }
+  }
+
+  async function pollLoop() {
+    while (!closed) {
+      let res
+      try {
+        // the server holds an idle GET for its poll window; phoenix.js gives up after 20 s
+        res = await client.request("GET", { timeoutMs: 20000 })
+      } catch (err) {
+        if (!closed) events.add({ type: "poll_error", error: err.message })
+        return
+      }
+      if (closed) return
+      const status = res.json?.status
+      if (res.status === 200 && (status === 200 || status === 204)) {
+        if (typeof res.json.token === "string") client.token = res.json.token
+        if (status === 200) for (const m of res.json.messages ?? []) frames.add(textFrame(m))
+        continue
+      }
+      events.add({ type: "poll_end", status: res.status, json: res.json, text: res.text })
+      return
+    }
+  }
+
+  /** GET without a token; on `{"status":410,"token":T}` keep T and start polling. */
+  client.open = async () => {
+    const res = await client.request("GET", { token: null })
+    if (res.status === 200 && res.json?.status === 410 && typeof res.json.token === "string") {
+      client.token = res.json.token
+      polling = pollLoop()
+    }
+    return res
+  }
+
+  /** POST `body` with `contentType`, after the previous POSTs were answered. */
+  client.post = (body, contentType) => {
+    const p = postChain.then(() => client.request("POST", { body, contentType }))
+    postChain = p.catch(() => {})
+    p.then((res) => posts.add(res), (err) => posts.add({ error: err.message }))
+    return p
+  }
+  client.sendJson = (value) => client.post(JSON.stringify(value), isV2 ? "application/x-ndjson" : "application/json")
+  client.sendLines = (lines) => client.post(lines.join("\n"), "application/x-ndjson")
+
+  const withExchanges = (err) => {
+    throw new Error(`${err.message}\nHTTP exchanges:\n  ${httpLog.dump()}`)
+  }
+  client.waitForMsg = (pred, what, opts) =>
+    frames.waitFor((f) => Array.isArray(f.json) && pred(toMsg(f.json)), what, opts).then((f) => toMsg(f.json), withExchanges)
+  client.waitForReply = (ref, opts) =>
+    client.waitForMsg((m) => m.event === "phx_reply" && m.ref === ref, `phx_reply for ref ${ref}`, opts)
+  /** Wait for a frame matching `pred` (any shape, e.g. V1 objects). */
+  client.waitForFrame = (pred, what, opts) => frames.waitFor(pred, what, opts).catch(withExchanges)
+  client.close = async () => {
+    closed = true
+    for (const c of controllers) c.abort()
+    await withTimeout(polling, 2000, "raw LongPoll poll loop to stop").catch(() => {})
   }
   track(() => client.close())
   return client
