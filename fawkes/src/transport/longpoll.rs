@@ -196,21 +196,14 @@ struct PollAnswer<'a> {
 }
 
 fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Response {
-    let mut dropped = 0;
     let messages = frames
         .iter()
         .filter_map(|frame| match frame {
             // Our serializers only produce UTF-8 text frames.
             Frame::Text(bytes) => std::str::from_utf8(bytes).ok(),
-            Frame::Binary(_) => {
-                dropped += 1;
-                None
-            }
+            Frame::Binary(_) => None,
         })
         .collect();
-    if dropped > 0 {
-        tracing::warn!(target: "fawkes::transport", dropped, "binary frames cannot be sent over longpoll, dropped");
-    }
     let body = PollAnswer {
         status,
         token,
@@ -220,6 +213,18 @@ fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Response {
         Ok(body) => json_answer(body),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// The queued frames a poll can carry: binary ones are dropped (see
+/// [`LongPollConfig`]), so that they never wake a poll with nothing to send.
+fn take_text_frames(shared: &SocketShared) -> VecDeque<Frame> {
+    let mut frames = shared.take_frames();
+    let before = frames.len();
+    frames.retain(|f| matches!(f, Frame::Text(_)));
+    if frames.len() < before {
+        tracing::warn!(target: "fawkes::transport", socket_id = shared.id.as_deref(), dropped = before - frames.len(), "binary frames cannot be sent over longpoll, dropped");
+    }
+    frames
 }
 
 /// A request that is not LongPoll at all: HTTP 400, empty body.
@@ -256,14 +261,14 @@ pub(crate) async fn handle(
     let Some(lp) = config.longpoll.clone() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let method = req.method().clone();
-    if method != Method::GET && method != Method::POST && method != Method::OPTIONS {
-        return bad_request("method not allowed");
-    }
     // PROTOCOL §6.8: the origin check comes first, for every method.
     if !config.check_origin.allows(req.headers()) {
         tracing::info!(target: "fawkes::transport", "longpoll origin refused");
         return status_answer(403);
+    }
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::POST && method != Method::OPTIONS {
+        return bad_request("method not allowed");
     }
     if method == Method::OPTIONS {
         return preflight(req.headers());
@@ -536,7 +541,7 @@ impl Session {
                 self.conn.handle_events(events);
             }
             if let Some(waiting) = poll.take_if(|p| !p.is_closed()) {
-                let frames = shared.take_frames();
+                let frames = take_text_frames(&shared);
                 if frames.is_empty() {
                     poll = Some(waiting);
                 } else if let Err(frames) = waiting.send(frames) {
@@ -585,7 +590,7 @@ impl Session {
         let reason = shared.close_reason().unwrap_or(reason);
         tracing::debug!(target: "fawkes::transport", ?reason, "longpoll session ended");
         if let Some(waiting) = poll {
-            let _ = waiting.send(shared.take_frames());
+            let _ = waiting.send(take_text_frames(&shared));
         }
         drop(self.conn);
     }
