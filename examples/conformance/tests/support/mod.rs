@@ -5,6 +5,8 @@
 //! of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod longpoll;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -237,7 +239,12 @@ impl Http {
 
     /// Polls `/api/stats` until it reports `want`, failing after 5 s.
     pub async fn wait_stats(&self, want: (u64, u64)) {
-        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        self.wait_stats_within(want, RECV_TIMEOUT).await;
+    }
+
+    /// Polls `/api/stats` until it reports `want`, failing after `within`.
+    pub async fn wait_stats_within(&self, want: (u64, u64), within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
         let mut interval = tokio::time::interval(Duration::from_millis(20));
         loop {
             interval.tick().await;
@@ -247,7 +254,7 @@ impl Http {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "stats stayed at (sockets, channels) = {got:?}, want {want:?}"
+                "stats stayed at (sockets, channels) = {got:?} for {within:?}, want {want:?}"
             );
         }
     }
@@ -258,6 +265,135 @@ impl Http {
         assert_eq!(got, (200, json!({"status": "ok", "node": NODE})));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Frames and the helpers both clients share
+// ---------------------------------------------------------------------------
+
+/// A reply status `ok` with its response.
+pub fn ok(response: Value) -> Value {
+    json!({"status": "ok", "response": response})
+}
+
+/// A reply status `error` with its reason.
+pub fn error(reason: &str) -> Value {
+    json!({"status": "error", "response": {"reason": reason}})
+}
+
+/// A V2 `phx_reply` frame.
+pub fn reply(join_ref: &str, r: &str, topic: &str, status: Value) -> Value {
+    json!([join_ref, r, topic, "phx_reply", status])
+}
+
+/// The reply the socket layer gives to a message for a topic without channel.
+pub fn unmatched(r: &str, topic: &str) -> Value {
+    json!([null, r, topic, "phx_reply", error("unmatched topic")])
+}
+
+/// What a `room:*` join produces after its ok reply (PROTOCOL §5.2): the
+/// `user_entered` broadcast, then the `joined` push.
+pub fn room_join_pushes(join_ref: &str, topic: &str, user: Value, user_id: Value) -> [Value; 2] {
+    [
+        json!([null, null, topic, "user_entered", {"user": user}]),
+        json!([join_ref, null, topic, "joined", {"status": "connected", "user_id": user_id}]),
+    ]
+}
+
+/// The Phoenix-level helpers of [`WsClient`] and the LongPoll client, written
+/// once: refs, heartbeats, joins, pushes. The client must have the fields
+/// `v2: bool` and `counter: u64`, and `send` and `expect` methods that take a
+/// `Value` (it is a macro because the WebSocket tests call these as inherent
+/// methods, without a trait import).
+macro_rules! phoenix_helpers {
+    () => {
+        /// A fresh ref, unique on this client.
+        pub fn next_ref(&mut self) -> String {
+            self.counter += 1;
+            format!("{}", self.counter)
+        }
+
+        /// A heartbeat in this client's encoding.
+        pub fn heartbeat(&self, r: &str) -> serde_json::Value {
+            if self.v2 {
+                serde_json::json!([null, r, "phoenix", "heartbeat", {}])
+            } else {
+                serde_json::json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": r})
+            }
+        }
+
+        /// The heartbeat reply in this client's encoding.
+        pub fn heartbeat_reply(&self, r: &str) -> serde_json::Value {
+            let payload = crate::support::ok(serde_json::json!({}));
+            if self.v2 {
+                serde_json::json!([null, r, "phoenix", "phx_reply", payload])
+            } else {
+                serde_json::json!({"topic": "phoenix", "event": "phx_reply", "payload": payload, "ref": r})
+            }
+        }
+
+        /// Sends a heartbeat with a unique ref and asserts that the very next
+        /// message is its reply: everything the socket produced before it has
+        /// been read, and nothing else was sent.
+        pub async fn barrier(&mut self) {
+            let r = format!("barrier-{}", self.next_ref());
+            self.send(self.heartbeat(&r)).await;
+            let want = self.heartbeat_reply(&r);
+            self.expect(want).await;
+        }
+
+        /// Sends `phx_join` (V2, `join_ref == ref`) and asserts the next
+        /// message is its ok reply `{}`; returns the join ref. Post-join
+        /// messages are left unread.
+        pub async fn join(&mut self, topic: &str, payload: serde_json::Value) -> String {
+            let r = self.next_ref();
+            self.send(serde_json::json!([r, r, topic, "phx_join", payload]))
+                .await;
+            let ok = crate::support::ok(serde_json::json!({}));
+            self.expect(crate::support::reply(&r, &r, topic, ok)).await;
+            r
+        }
+
+        /// Joins a `room:*` topic and reads its post-join messages.
+        pub async fn join_room(
+            &mut self,
+            topic: &str,
+            user: serde_json::Value,
+            user_id: serde_json::Value,
+        ) -> String {
+            let payload = serde_json::json!({"user": user});
+            let join_ref = self.join(topic, payload).await;
+            for want in crate::support::room_join_pushes(&join_ref, topic, user, user_id) {
+                self.expect(want).await;
+            }
+            join_ref
+        }
+
+        /// Sends `event` on a joined topic and returns the ref used.
+        pub async fn push(
+            &mut self,
+            join_ref: &str,
+            topic: &str,
+            event: &str,
+            payload: serde_json::Value,
+        ) -> String {
+            let r = self.next_ref();
+            self.send(serde_json::json!([join_ref, r, topic, event, payload]))
+                .await;
+            r
+        }
+
+        /// `echo` round trip on a joined room: the next message must be the
+        /// reply. Proves the channel processed everything sent to it before.
+        pub async fn echo(&mut self, join_ref: &str, topic: &str) {
+            let payload = serde_json::json!({"probe": self.counter});
+            let r = self.push(join_ref, topic, "echo", payload.clone()).await;
+            let ok = crate::support::ok(payload);
+            self.expect(crate::support::reply(join_ref, &r, topic, ok))
+                .await;
+        }
+    };
+}
+pub(crate) use phoenix_helpers;
 
 // ---------------------------------------------------------------------------
 // WebSocket
@@ -297,6 +433,8 @@ fn client_config() -> WebSocketConfig {
 }
 
 impl WsClient {
+    phoenix_helpers!();
+
     /// Connects to `/socket/websocket?<query>`; `Err(status)` if the upgrade
     /// is refused with an HTTP answer.
     pub async fn connect(addr: SocketAddr, query: &str) -> Result<WsClient, u16> {
@@ -341,12 +479,6 @@ impl WsClient {
             Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
             Err(e) => panic!("upgrade to {url} failed: {e}"),
         }
-    }
-
-    /// A fresh ref, unique on this client.
-    pub fn next_ref(&mut self) -> String {
-        self.counter += 1;
-        format!("{}", self.counter)
     }
 
     /// Sends one JSON text frame (a V2 array or a V1 object).
@@ -460,6 +592,20 @@ impl WsClient {
         }
     }
 
+    /// The next text frame as the server wrote it (for byte comparisons).
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {RECV_TIMEOUT:?}"));
+            match next {
+                Some(Ok(Message::Text(text))) => return text.as_str().to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Asserts that the next frame is exactly `want`.
     pub async fn expect(&mut self, want: Value) {
         let got = self.recv().await;
@@ -489,87 +635,6 @@ impl WsClient {
         if let Some(frame) = self.recv_within(wait).await {
             panic!("expected silence for {wait:?}, got {frame:?}");
         }
-    }
-
-    /// A heartbeat in this client's encoding.
-    pub fn heartbeat(&self, r: &str) -> Value {
-        if self.v2 {
-            json!([null, r, "phoenix", "heartbeat", {}])
-        } else {
-            json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": r})
-        }
-    }
-
-    /// The heartbeat reply in this client's encoding.
-    pub fn heartbeat_reply(&self, r: &str) -> Value {
-        let payload = json!({"status": "ok", "response": {}});
-        if self.v2 {
-            json!([null, r, "phoenix", "phx_reply", payload])
-        } else {
-            json!({"topic": "phoenix", "event": "phx_reply", "payload": payload, "ref": r})
-        }
-    }
-
-    /// Sends a heartbeat with a unique ref and asserts that the very next
-    /// frame is its reply: everything the socket produced before it has been
-    /// read, and nothing else was sent.
-    pub async fn barrier(&mut self) {
-        let r = format!("barrier-{}", self.next_ref());
-        self.send(self.heartbeat(&r)).await;
-        let want = self.heartbeat_reply(&r);
-        self.expect(want).await;
-    }
-
-    /// Sends `phx_join` (V2, `join_ref == ref`) and asserts the next frame is
-    /// its ok reply `{}`; returns the join ref. Post-join frames are left
-    /// unread.
-    pub async fn join(&mut self, topic: &str, payload: Value) -> String {
-        let r = self.next_ref();
-        self.send(json!([r, r, topic, "phx_join", payload])).await;
-        self.expect(json!([r, r, topic, "phx_reply", {"status": "ok", "response": {}}]))
-            .await;
-        r
-    }
-
-    /// Joins a `room:*` topic and reads its post-join frames (PROTOCOL §5.2):
-    /// the `user_entered` broadcast, then the `joined` push.
-    pub async fn join_room(&mut self, topic: &str, user: Value, user_id: Value) -> String {
-        let join_ref = self.join(topic, json!({"user": user})).await;
-        self.expect(json!([null, null, topic, "user_entered", {"user": user}]))
-            .await;
-        self.expect(json!([
-            join_ref,
-            null,
-            topic,
-            "joined",
-            {"status": "connected", "user_id": user_id}
-        ]))
-        .await;
-        join_ref
-    }
-
-    /// Sends `event` on a joined topic and returns the ref used.
-    pub async fn push(
-        &mut self,
-        join_ref: &str,
-        topic: &str,
-        event: &str,
-        payload: Value,
-    ) -> String {
-        let r = self.next_ref();
-        self.send(json!([join_ref, r, topic, event, payload])).await;
-        r
-    }
-
-    /// `echo` round trip on a joined room: the next frame must be the reply.
-    /// Proves the channel processed everything sent to it before.
-    pub async fn echo(&mut self, join_ref: &str, topic: &str) {
-        let payload = json!({"probe": self.counter});
-        let r = self.push(join_ref, topic, "echo", payload.clone()).await;
-        self.expect(
-            json!([join_ref, r, topic, "phx_reply", {"status": "ok", "response": payload}]),
-        )
-        .await;
     }
 
     /// Sends every message while reading concurrently; returns the first `n`
