@@ -5,11 +5,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{TestServer, WsClient};
-
-fn ok(response: Value) -> Value {
-    json!({"status": "ok", "response": response})
-}
+use support::{TestServer, WsClient, ok};
 
 /// A Room's `handle_out` copy of `new_msg` for a WebSocket subscriber.
 fn new_msg_copy(join_ref: &str, topic: &str, payload: Value) -> Value {

@@ -4,20 +4,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{TestServer, WsClient};
-
-fn ok(response: Value) -> Value {
-    json!({"status": "ok", "response": response})
-}
-
-fn error(reason: &str) -> Value {
-    json!({"status": "error", "response": {"reason": reason}})
-}
-
-/// The reply the socket layer gives to a message for a topic without channel.
-fn unmatched(r: &str, topic: &str) -> Value {
-    json!([null, r, topic, "phx_reply", error("unmatched topic")])
-}
+use support::{TestServer, WsClient, error, ok, unmatched};
 
 /// Asserts the leave/stop sequence of PROTOCOL §4.5: reply, `phx_close`,
 /// then the terminate push `you_left`.
