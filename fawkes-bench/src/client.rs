@@ -1,6 +1,8 @@
 //! One client connection as scenarios use it: TCP from a chosen loopback
 //! source address, the WebSocket handshake with small buffers, and Phoenix
-//! messages encoded and decoded by `fawkes-protocol` (V2 serializer).
+//! messages encoded and decoded by `fawkes-protocol` (V2 serializer). What
+//! both transports share (the target, source addresses, failures) is here
+//! too; the LongPoll client is in [`crate::longpoll`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,28 +17,75 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 /// The serializer every scenario speaks (`vsn=2.0.0`).
-const SERIALIZER: Serializer = Serializer::V2;
+pub const SERIALIZER: Serializer = Serializer::V2;
+
+/// How clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// One WebSocket per client, with a heartbeat every 30 s.
+    #[value(name = "websocket")]
+    WebSocket,
+    /// LongPoll as phoenix.js runs it: one GET outstanding per client at
+    /// all times, no heartbeats.
+    #[value(name = "longpoll")]
+    LongPoll,
+}
+
+impl Transport {
+    /// The transport's name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::LongPoll => "longpoll",
+        }
+    }
+
+    /// The conformance app's URL for this transport on the default port.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws://127.0.0.1:4000/socket/websocket",
+            Transport::LongPoll => "http://127.0.0.1:4000/socket/longpoll",
+        }
+    }
+
+    /// The only URL scheme the transport's clients speak (no TLS: the load
+    /// stays on loopback).
+    fn scheme(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::LongPoll => "http",
+        }
+    }
+}
 
 /// The server a scenario drives: where to connect and what to ask for.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The WebSocket URL, with `vsn=2.0.0` added when it named no `vsn`.
+    /// The WebSocket or LongPoll URL, with `vsn=2.0.0` added when it named
+    /// no `vsn`.
     pub url: String,
     /// The resolved server address; always a loopback address.
     pub addr: SocketAddr,
 }
 
 impl Target {
-    /// Parses and resolves a `ws://` URL.
+    /// Parses and resolves a URL for `transport`: `ws://` for WebSocket,
+    /// `http://` (the `…/longpoll` path itself) for LongPoll.
     ///
     /// # Errors
     ///
-    /// A URL that is not `ws://`, does not resolve, or resolves to an address
-    /// outside loopback: load is only ever sent to this machine.
-    pub async fn resolve(url: &str) -> Result<Target, String> {
+    /// A URL of another scheme, one that does not resolve, or one that
+    /// resolves to an address outside loopback: load is only ever sent to
+    /// this machine.
+    pub async fn resolve(url: &str, transport: Transport) -> Result<Target, String> {
         let uri: Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
-        if uri.scheme_str() != Some("ws") {
-            return Err(format!("bad url {url:?}: only ws:// is supported"));
+        let scheme = transport.scheme();
+        if uri.scheme_str() != Some(scheme) {
+            return Err(format!(
+                "bad url {url:?}: --transport {} takes urls like {}",
+                transport.name(),
+                transport.default_url()
+            ));
         }
         let host = uri
             .host()
@@ -88,6 +137,13 @@ impl Sources {
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))
         })
     }
+
+    /// Every source address in turn: connection `i` uses entry
+    /// `i % len`. Just `None` when the kernel chooses.
+    pub fn all(self) -> Vec<Option<IpAddr>> {
+        let n = usize::from(self.count).max(1);
+        (0..n).map(|i| self.for_connection(i)).collect()
+    }
 }
 
 /// The step at which a connection failed.
@@ -95,13 +151,14 @@ impl Sources {
 pub enum FailureKind {
     /// TCP connect (or binding the source address).
     Connect,
-    /// The WebSocket handshake.
+    /// The WebSocket handshake, or the `GET` that opens a LongPoll session.
     Handshake,
     /// The server answered a join with an error.
     Refused,
     /// No answer within the timeout.
     Timeout,
-    /// The connection closed or broke.
+    /// The connection closed or broke; for LongPoll, a request failed or
+    /// the session is gone (`410`).
     Closed,
 }
 
@@ -144,6 +201,47 @@ impl Failure {
             detail: detail.to_string(),
         }
     }
+}
+
+/// Encodes one client message with the V2 serializer.
+///
+/// # Errors
+///
+/// [`FailureKind::Closed`] if it does not encode (never for the messages
+/// scenarios send).
+pub fn encode(
+    join_ref: Option<Ref>,
+    ref_: Ref,
+    topic: &str,
+    event: &str,
+    payload: Value,
+) -> Result<Frame, Failure> {
+    let msg = Message {
+        join_ref,
+        ref_: Some(ref_),
+        topic: topic.to_owned(),
+        event: event.to_owned(),
+        payload: Payload::Json(payload),
+    };
+    SERIALIZER
+        .encode_push(&msg)
+        .map_err(|e| Failure::new(FailureKind::Closed, e))
+}
+
+/// The outcome of joining `topic` if `msg` is the reply to the join of ref
+/// `ref_`: [`FailureKind::Refused`] unless its status is `ok`.
+pub fn join_outcome(msg: &Message, ref_: &Ref, topic: &str) -> Option<Result<(), Failure>> {
+    if msg.event != events::REPLY || msg.ref_.as_ref() != Some(ref_) {
+        return None;
+    }
+    let status = msg.payload.as_json().and_then(|p| p.get("status"));
+    Some(match status.and_then(Value::as_str) {
+        Some("ok") => Ok(()),
+        _ => Err(Failure::new(
+            FailureKind::Refused,
+            format!("{topic}: {:?}", msg.payload),
+        )),
+    })
 }
 
 /// Small client buffers: thousands of idle clients share one machine with
@@ -205,17 +303,7 @@ impl Session {
     ) -> Result<Ref, Failure> {
         let ref_ = Value::String(self.next_ref.to_string());
         self.next_ref += 1;
-        let msg = Message {
-            join_ref,
-            ref_: Some(ref_.clone()),
-            topic: topic.to_owned(),
-            event: event.to_owned(),
-            payload: Payload::Json(payload),
-        };
-        let frame = SERIALIZER
-            .encode_push(&msg)
-            .map_err(|e| Failure::new(FailureKind::Closed, e))?;
-        let ws_msg = match frame {
+        let ws_msg = match encode(join_ref, ref_.clone(), topic, event, payload)? {
             Frame::Text(bytes) => WsMessage::Text(
                 Utf8Bytes::try_from(bytes).map_err(|e| Failure::new(FailureKind::Closed, e))?,
             ),
@@ -242,15 +330,8 @@ impl Session {
             .await?;
         loop {
             let msg = self.recv().await?;
-            if msg.event == events::REPLY && msg.ref_.as_ref() == Some(&ref_) {
-                let status = msg.payload.as_json().and_then(|p| p.get("status"));
-                return match status.and_then(Value::as_str) {
-                    Some("ok") => Ok(()),
-                    _ => Err(Failure::new(
-                        FailureKind::Refused,
-                        format!("{topic}: {:?}", msg.payload),
-                    )),
-                };
+            if let Some(outcome) = join_outcome(&msg, &ref_, topic) {
+                return outcome;
             }
         }
     }
@@ -307,40 +388,50 @@ impl Session {
 mod tests {
     use super::*;
 
+    const WS: Transport = Transport::WebSocket;
+    const LP: Transport = Transport::LongPoll;
+
     #[tokio::test]
     async fn adds_vsn_and_keeps_an_explicit_one() {
-        let t = Target::resolve("ws://127.0.0.1:4000/socket/websocket")
+        let t = Target::resolve("ws://127.0.0.1:4000/socket/websocket", WS)
             .await
             .unwrap();
         assert_eq!(t.url, "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0");
         assert_eq!(t.addr, "127.0.0.1:4000".parse().unwrap());
-        let t = Target::resolve("ws://127.0.0.1:4000/s/websocket?token=x")
+        let t = Target::resolve("ws://127.0.0.1:4000/s/websocket?token=x", WS)
             .await
             .unwrap();
         assert_eq!(t.url, "ws://127.0.0.1:4000/s/websocket?token=x&vsn=2.0.0");
-        let t = Target::resolve("ws://127.0.0.1/s?vsn=2.0.1").await.unwrap();
+        let t = Target::resolve("ws://127.0.0.1/s?vsn=2.0.1", WS)
+            .await
+            .unwrap();
         assert_eq!(t.url, "ws://127.0.0.1/s?vsn=2.0.1");
         assert_eq!(t.addr.port(), 80);
+        let t = Target::resolve("http://127.0.0.1:4000/socket/longpoll", LP)
+            .await
+            .unwrap();
+        assert_eq!(t.url, "http://127.0.0.1:4000/socket/longpoll?vsn=2.0.0");
     }
 
     #[tokio::test]
-    async fn refuses_anything_but_loopback_ws() {
-        assert!(
-            Target::resolve("wss://127.0.0.1:4000/socket/websocket")
-                .await
-                .is_err()
-        );
-        assert!(
-            Target::resolve("ws://192.0.2.1:4000/socket/websocket")
-                .await
-                .is_err()
-        );
-        assert!(Target::resolve("not a url").await.is_err());
+    async fn refuses_anything_but_loopback_in_the_transports_scheme() {
+        let refused = |url: &'static str, transport| async move {
+            Target::resolve(url, transport).await.is_err()
+        };
+        assert!(refused("wss://127.0.0.1:4000/socket/websocket", WS).await);
+        assert!(refused("ws://192.0.2.1:4000/socket/websocket", WS).await);
+        assert!(refused("not a url", WS).await);
+        assert!(refused("http://127.0.0.1:4000/socket/longpoll", WS).await);
+        assert!(refused("ws://127.0.0.1:4000/socket/websocket", LP).await);
+        assert!(refused("https://127.0.0.1:4000/socket/longpoll", LP).await);
+        assert!(refused("http://192.0.2.1:4000/socket/longpoll", LP).await);
     }
 
     #[test]
     fn sources_cycle_from_127_0_0_2() {
         assert_eq!(Sources::new(0).for_connection(5), None);
+        assert_eq!(Sources::new(0).all(), [None]);
+        assert_eq!(Sources::new(2).all()[1], Sources::new(2).for_connection(3));
         let s = Sources::new(3);
         let ip = |i| s.for_connection(i).unwrap().to_string();
         assert_eq!(

@@ -1,11 +1,14 @@
 //! The `connect` scenario: what an idle, joined connection costs the server.
 //!
 //! Opens connections at a steady rate, joins each to `bench:<i % topics>`,
-//! keeps them idle (a heartbeat every 30 s, as phoenix.js) and reads the
+//! keeps them idle as phoenix.js would (a WebSocket sends a heartbeat every
+//! 30 s; a LongPoll client keeps one poll outstanding) and reads the
 //! server's resident memory before the first connection and once every
 //! connection has joined and the server has settled. The difference divided
-//! by the joined connections is the figure DESIGN.md aims at (≤ 6 KiB).
+//! by the joined connections is the figure DESIGN.md aims at (≤ 6 KiB for a
+//! WebSocket).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,16 +18,24 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_unti
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Failure, FailureKind, Session, Sources, Target};
+use crate::client::{Failure, FailureKind, Session, Sources, Target, Transport};
 use crate::latency::Latencies;
+use crate::longpoll::{HttpClients, LongPoll};
 use crate::measure::{Process, app_stats};
 
 /// Options of the `connect` scenario.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The server's WebSocket URL; `vsn=2.0.0` is added unless it names one.
-    #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
-    url: String,
+    /// How clients connect: a WebSocket each, or LongPoll as phoenix.js
+    /// (one GET outstanding at all times, no heartbeats).
+    #[arg(long, value_enum, default_value_t = Transport::WebSocket)]
+    transport: Transport,
+    /// The transport's URL, `vsn=2.0.0` added unless it names one: with
+    /// websocket a ws:// URL (default ws://127.0.0.1:4000/socket/websocket),
+    /// with longpoll the http:// URL of the longpoll path itself (default
+    /// http://127.0.0.1:4000/socket/longpoll; not derived from a ws:// one).
+    #[arg(long)]
+    url: Option<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -48,18 +59,27 @@ pub struct Args {
     /// (0: the kernel chooses). One address allows ~28,000 connections.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=253))]
     source_addrs: u8,
-    /// Seconds between heartbeats of each connection.
+    /// Seconds between heartbeats of each WebSocket (LongPoll sends none).
     #[arg(long, default_value_t = 30)]
     heartbeat: u64,
-    /// Seconds to wait for each step (connect, handshake, join reply).
+    /// Seconds to wait for each step (connect and handshake, or the GET
+    /// that opens a LongPoll session; the join reply).
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+}
+
+/// How connection tasks reach the server.
+enum Via {
+    /// A WebSocket each, bound to these source addresses.
+    WebSocket(Sources),
+    /// LongPoll sessions over these HTTP clients.
+    LongPoll(HttpClients),
 }
 
 /// What every connection task needs to know.
 struct Ctx {
     target: Target,
-    sources: Sources,
+    via: Via,
     topics: usize,
     step_timeout: Duration,
     heartbeat: Duration,
@@ -149,7 +169,9 @@ pub async fn run(args: Args) -> Result<Value, String> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err("--rate must be a positive number".into());
     }
-    let target = Target::resolve(&args.url).await?;
+    let transport = args.transport;
+    let url = args.url.as_deref().unwrap_or(transport.default_url());
+    let target = Target::resolve(url, transport).await?;
     check_file_limits(&args)?;
     let server = args.server_pid.map(|pid| Process(Some(pid)));
     let me = Process(None);
@@ -159,16 +181,26 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let stats_before = app_stats(target.addr).await;
 
     let n = args.connections;
+    let sources = Sources::new(args.source_addrs);
+    let step_timeout = Duration::from_secs(args.timeout);
+    let via = match transport {
+        Transport::WebSocket => Via::WebSocket(sources),
+        Transport::LongPoll => Via::LongPoll(HttpClients::new(&target, sources, step_timeout)?),
+    };
     let ctx = Arc::new(Ctx {
         target,
-        sources: Sources::new(args.source_addrs),
+        via,
         topics: args.topics as usize,
-        step_timeout: Duration::from_secs(args.timeout),
+        step_timeout,
         heartbeat: Duration::from_secs(args.heartbeat.max(1)),
     });
     println!(
-        "connect: {n} connections to {} over {} topics at {}/s, hold {} s",
-        ctx.target.url, ctx.topics, args.rate, args.hold
+        "connect: {n} {} connections to {} over {} topics at {}/s, hold {} s",
+        transport.name(),
+        ctx.target.url,
+        ctx.topics,
+        args.rate,
+        args.hold
     );
 
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -224,6 +256,8 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let settle = Duration::from_secs(args.settle);
     tally.drain_until(&mut rx, joined_at + settle).await;
     let rss_after = server.and_then(|s| reading(s.rss_kib()));
+    let server_files = server.and_then(Process::open_files);
+    let my_files = me.open_files();
     // Only connections still open count towards the memory read.
     let live = tally.joined - tally.dropped.len();
     let stats_after = app_stats(ctx.target.addr).await;
@@ -270,7 +304,15 @@ pub async fn run(args: Args) -> Result<Value, String> {
         Tally::describe(&tally.failed)
     );
     println!("dropped   while idle: {}", Tally::describe(&tally.dropped));
-    println!("connect   p50 {} ms, p99 {} ms", opt(c50), opt(c99));
+    let connect_label = match transport {
+        Transport::WebSocket => "connect",
+        Transport::LongPoll => "open",
+    };
+    println!(
+        "{connect_label:<9} p50 {} ms, p99 {} ms",
+        opt(c50),
+        opt(c99)
+    );
     println!("join      p50 {} ms, p99 {} ms", opt(j50), opt(j99));
     if let Some(stats) = &stats_after {
         println!(
@@ -292,6 +334,9 @@ pub async fn run(args: Args) -> Result<Value, String> {
             b as f64 / 1024.0
         );
     }
+    if let (Some(server), Some(me)) = (server_files, my_files) {
+        println!("files     open at the reading: server {server}, fawkes-bench {me}");
+    }
     if let Some(cpu) = server_cpu {
         println!("cpu       server {cpu} ms, fawkes-bench {my_cpu} ms");
     } else if server.is_some() {
@@ -301,6 +346,7 @@ pub async fn run(args: Args) -> Result<Value, String> {
     }
     let report = json!({
         "scenario": "connect",
+        "transport": transport.name(),
         "connections": n,
         "topics": ctx.topics,
         "rate": args.rate,
@@ -319,6 +365,8 @@ pub async fn run(args: Args) -> Result<Value, String> {
         "bytes_per_connection": bytes_per_conn,
         "server_cpu_ms": server_cpu,
         "client_cpu_ms": my_cpu,
+        "server_open_files": server_files,
+        "client_open_files": my_files,
         "server_sockets_before": stat(&stats_before, "sockets"),
         "server_sockets": stat(&stats_after, "sockets"),
         "server_channels": stat(&stats_after, "channels"),
@@ -340,7 +388,9 @@ fn reading(r: Result<u64, String>) -> Option<u64> {
 /// Refuses a run this process cannot hold open, and warns when the server
 /// may not.
 fn check_file_limits(args: &Args) -> Result<(), String> {
-    // A few descriptors go to the runtime, stdio and the stats requests.
+    // One per connection (for LongPoll: its pending poll; posts borrow
+    // pooled connections that polls reuse), and a few for the runtime,
+    // stdio and the stats requests.
     let need = args.connections as u64 + 64;
     if let Some(limit) = Process(None).open_files_limit()
         && limit < need
@@ -382,23 +432,57 @@ async fn open_all(
     }
 }
 
-/// One connection: connect, join, then idle with heartbeats until `stop`.
+/// One connection: connect, join, then idle until `stop`.
 async fn connection(
     i: usize,
     ctx: Arc<Ctx>,
     tx: mpsc::UnboundedSender<Event>,
     stop: CancellationToken,
 ) {
+    match &ctx.via {
+        Via::WebSocket(sources) => websocket(i, &ctx, *sources, &tx, &stop).await,
+        Via::LongPoll(clients) => longpoll(i, &ctx, clients, &tx, &stop).await,
+    }
+}
+
+/// Reports how `joining` went: `Joined` with its connect and join times,
+/// or `Failed`. The session when it joined; `None` also when `stop` came
+/// first.
+async fn report_join<S>(
+    joining: impl Future<Output = Result<(S, Duration, Duration), Failure>>,
+    tx: &mpsc::UnboundedSender<Event>,
+    stop: &CancellationToken,
+) -> Option<S> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        r = joining => match r {
+            Ok((session, connect, join)) => {
+                let _ = tx.send(Event::Joined { connect, join });
+                Some(session)
+            }
+            Err(failure) => {
+                let _ = tx.send(Event::Failed(failure));
+                None
+            }
+        },
+    }
+}
+
+/// A WebSocket connection: connect, join, then idle with heartbeats.
+async fn websocket(
+    i: usize,
+    ctx: &Ctx,
+    sources: Sources,
+    tx: &mpsc::UnboundedSender<Event>,
+    stop: &CancellationToken,
+) {
     let topic = format!("bench:{}", i % ctx.topics);
     let limit = ctx.step_timeout;
     let joining = async {
         let t0 = Instant::now();
-        let mut session = timeout(
-            limit,
-            Session::open(&ctx.target, ctx.sources.for_connection(i)),
-        )
-        .await
-        .map_err(|_| Failure::new(FailureKind::Timeout, "connect and handshake"))??;
+        let mut session = timeout(limit, Session::open(&ctx.target, sources.for_connection(i)))
+            .await
+            .map_err(|_| Failure::new(FailureKind::Timeout, "connect and handshake"))??;
         let connected = t0.elapsed();
         let t1 = Instant::now();
         timeout(limit, session.join(&topic))
@@ -406,18 +490,8 @@ async fn connection(
             .map_err(|_| Failure::new(FailureKind::Timeout, "join reply"))??;
         Ok::<_, Failure>((session, connected, t1.elapsed()))
     };
-    let mut session = tokio::select! {
-        _ = stop.cancelled() => return,
-        r = joining => match r {
-            Ok((session, connect, join)) => {
-                let _ = tx.send(Event::Joined { connect, join });
-                session
-            }
-            Err(failure) => {
-                let _ = tx.send(Event::Failed(failure));
-                return;
-            }
-        },
+    let Some(mut session) = report_join(joining, tx, stop).await else {
+        return;
     };
 
     let mut beat = interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
@@ -449,13 +523,59 @@ async fn connection(
     }
 }
 
+/// A LongPoll client: open a session, join, then keep one poll outstanding.
+async fn longpoll(
+    i: usize,
+    ctx: &Ctx,
+    clients: &HttpClients,
+    tx: &mpsc::UnboundedSender<Event>,
+    stop: &CancellationToken,
+) {
+    let topic = format!("bench:{}", i % ctx.topics);
+    let limit = ctx.step_timeout;
+    let joining = async {
+        let t0 = Instant::now();
+        let mut session = timeout(
+            limit,
+            LongPoll::open(clients.for_connection(i), &ctx.target),
+        )
+        .await
+        .map_err(|_| Failure::new(FailureKind::Timeout, "session open"))??;
+        let opened = t0.elapsed();
+        let join = timeout(limit, session.join(&topic))
+            .await
+            .map_err(|_| Failure::new(FailureKind::Timeout, "join reply"))??;
+        Ok::<_, Failure>((session, opened, join))
+    };
+    let Some(mut session) = report_join(joining, tx, stop).await else {
+        return;
+    };
+
+    // Every answer (`204` after the server's window, or stray messages) is
+    // followed by the next poll; the session is lost on a `410` or error.
+    let lost = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break None,
+            r = session.recv() => if let Err(failure) = r {
+                break Some(failure);
+            },
+        }
+    };
+    if let Some(failure) = lost {
+        let _ = tx.send(Event::Dropped(failure));
+    }
+    // Dropping the session aborts its poll, as phoenix.js's close does; the
+    // server ends the session once no poll came for 15–30 s.
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A short run against the conformance app served in this process.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn joins_every_connection_and_reads_the_server() {
+    /// A short run over `transport` against the conformance app served in
+    /// this process, from two source addresses; the run's report.
+    async fn short_run(transport: Transport) -> Value {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -467,7 +587,12 @@ mod tests {
             },
         ));
         let args = Args {
-            url: format!("ws://127.0.0.1:{port}/socket/websocket"),
+            transport,
+            url: Some(
+                transport
+                    .default_url()
+                    .replace(":4000", &format!(":{port}")),
+            ),
             connections: 40,
             topics: 3,
             rate: 1000.0,
@@ -479,13 +604,31 @@ mod tests {
             timeout: 5,
         };
         let report = run(args).await.unwrap();
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+        report
+    }
+
+    fn assert_all_joined(report: &Value) {
         assert_eq!(report["joined"], 40, "{report}");
         assert_eq!(report["failures"], 0, "{report}");
         assert_eq!(report["server_sockets"], 40, "{report}");
         assert_eq!(report["server_channels"], 40, "{report}");
         assert!(report["rss_after_kib"].as_u64().unwrap() > 0);
         assert!(report["join_p99_ms"].as_f64().is_some());
-        let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joins_every_connection_and_reads_the_server() {
+        let report = short_run(Transport::WebSocket).await;
+        assert_all_joined(&report);
+        assert_eq!(report["transport"], "websocket", "{report}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joins_every_longpoll_session_and_reads_the_server() {
+        let report = short_run(Transport::LongPoll).await;
+        assert_all_joined(&report);
+        assert_eq!(report["transport"], "longpoll", "{report}");
     }
 }

@@ -1,11 +1,12 @@
 //! `fawkes-bench`: the Fawkes load tool.
 //!
 //! Each scenario is a subcommand in a module of its own, driving a server
-//! such as the conformance app over loopback WebSockets and printing a human
-//! summary followed by one JSON line for scripts:
+//! such as the conformance app over loopback WebSockets (or LongPoll) and
+//! printing a human summary followed by one JSON line for scripts:
 //!
 //! ```text
 //! fawkes-bench connect --connections 10000 --server-pid "$(pgrep -n fawkes-conformance)"
+//! fawkes-bench connect --transport longpoll --url http://127.0.0.1:4000/socket/longpoll
 //! ```
 //!
 //! Every run stops by itself: scenarios hold their connections for a set
@@ -14,13 +15,15 @@
 mod client;
 mod connect;
 mod latency;
+mod longpoll;
 mod measure;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Drives a Fawkes (or Phoenix) server with many WebSocket clients.
+/// Drives a Fawkes (or Phoenix) server with many WebSocket or LongPoll
+/// clients.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {

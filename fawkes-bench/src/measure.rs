@@ -60,6 +60,12 @@ impl Process {
         }
     }
 
+    /// Files open right now (entries of `/proc/PID/fd`): sockets mostly,
+    /// so a cross-check of the connections held. `None` if unreadable.
+    pub fn open_files(self) -> Option<usize> {
+        std::fs::read_dir(self.path("fd")).ok().map(Iterator::count)
+    }
+
     /// The soft limit on open files, if it can be read.
     pub fn open_files_limit(self) -> Option<u64> {
         let limits = std::fs::read_to_string(self.path("limits")).ok()?;
@@ -110,6 +116,7 @@ mod tests {
         assert!(me.rss_kib().unwrap() > 0);
         assert!(me.cpu_ms().is_ok());
         assert!(me.open_files_limit().unwrap() > 0);
+        assert!(me.open_files().unwrap() >= 3);
         let pid = Process(Some(std::process::id()));
         assert!(pid.rss_kib().unwrap() > 0);
     }

@@ -281,15 +281,17 @@ pub(crate) async fn handle(
                 .ok()
         })
         .and_then(|id| sessions.get(&id));
+    // Posts and opens are boxed: an idle client's pending poll is what
+    // stays in memory, and it should not reserve their larger state.
     if method == Method::POST {
         return match session {
-            Some((_, inbox, shared)) => post(&lp, inbox, shared, req).await,
+            Some((_, inbox, shared)) => Box::pin(post(&lp, inbox, shared, req)).await,
             None => status_answer(410),
         };
     }
     match session {
         Some((token, inbox, _)) => poll(&lp, &token, inbox).await,
-        None => open(config, env, sessions, &lp, req).await,
+        None => Box::pin(open(config, env, sessions, &lp, req)).await,
     }
 }
 
