@@ -1023,6 +1023,53 @@ async fn c26_c29_longpoll_joins_ok_refused_crashed_and_unmatched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c32_longpoll_101st_channel_is_refused_until_one_is_left() {
+    let (server, mut lp) = session().await;
+    let joins: Vec<Value> = (0..100)
+        .map(|n| {
+            json!([
+                n.to_string(),
+                n.to_string(),
+                format!("bench:{n}"),
+                "phx_join",
+                {}
+            ])
+        })
+        .collect();
+    lp.send_all(&joins).await;
+    lp.recv_n(100).await;
+    server.http().wait_stats((1, 100)).await;
+    lp.send(json!(["x1", "x1", "bench:100", "phx_join", {}]))
+        .await;
+    lp.expect(reply(
+        "x1",
+        "x1",
+        "bench:100",
+        error("too many channels joined"),
+    ))
+    .await;
+    lp.send(json!(["0", "l", "bench:0", "phx_leave", {}])).await;
+    lp.expect(reply("0", "l", "bench:0", ok(json!({})))).await;
+    lp.expect(json!(["0", "0", "bench:0", "phx_close", {}]))
+        .await;
+    lp.join("bench:100", json!({})).await;
+    server.http().wait_stats((1, 100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c33_longpoll_duplicate_join_replaces_the_channel() {
+    let (server, mut lp) = session().await;
+    let old = lp.join("bench:dup", json!({})).await;
+    lp.send(json!(["9", "9", "bench:dup", "phx_join", {}]))
+        .await;
+    // The new join's reply, then phx_close for the old join ref.
+    lp.expect(reply("9", "9", "bench:dup", ok(json!({})))).await;
+    lp.expect(json!([old, old, "bench:dup", "phx_close", {}]))
+        .await;
+    server.http().wait_stats((1, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c39_longpoll_echo_error_noreply_and_unmatched() {
     let (_server, mut lp) = session().await;
     let jr = lp.join_room("room:lobby", Value::Null, Value::Null).await;
