@@ -1,9 +1,10 @@
 //! The app's channels tested without a network, through `fawkes::testing`:
 //! the same behaviours as the black-box suites, at the speed of unit tests.
 
+use bytes::Bytes;
 use fawkes::protocol::{Message, Payload};
 use fawkes::testing::TestSocket;
-use fawkes::{Endpoint, Reply};
+use fawkes::{Endpoint, Reply, Transport};
 use fawkes_conformance::{Options, app};
 use serde_json::json;
 
@@ -187,4 +188,35 @@ async fn next_event(socket: &mut TestSocket, event: &str) -> Message {
             return msg;
         }
     }
+}
+
+#[tokio::test]
+async fn over_longpoll_binary_is_refused_and_handle_out_names_the_transport() {
+    let endpoint = endpoint();
+    let mut lp = TestSocket::connect_over(
+        &endpoint,
+        "/socket",
+        &[("user_id", "lp")],
+        Transport::LongPoll,
+    )
+    .await
+    .expect("connect");
+    lp.join("room:t", json!({})).await.unwrap();
+    let binary = lp
+        .push(
+            "room:t",
+            "binary",
+            Payload::Binary(Bytes::from_static(b"hi")),
+        )
+        .await;
+    assert_eq!(
+        lp.assert_reply(&binary).await,
+        Reply::error(json!({"reason": "binary not supported on longpoll"}))
+    );
+    let push = lp.push("room:t", "new_msg", json!({"body": "x"})).await;
+    lp.assert_reply(&push).await;
+    assert_eq!(
+        lp.assert_push("room:t", "new_msg").await,
+        json!({"body": "x", "transport": "longpoll"}).into()
+    );
 }

@@ -96,6 +96,24 @@ impl TestSocket {
         path: &str,
         params: &[(&str, &str)],
     ) -> Result<TestSocket, Refused> {
+        Self::connect_over(endpoint, path, params, Transport::WebSocket).await
+    }
+
+    /// Like [`connect`](Self::connect), with `transport` reported to
+    /// `connect` and to the channels ([`Context::transport`](crate::Context::transport)),
+    /// to test what a channel does differently over LongPoll. Frames are
+    /// still read as they are queued: a binary frame a LongPoll client would
+    /// never get still shows here.
+    ///
+    /// # Panics
+    ///
+    /// If no socket is mounted at `path`.
+    pub async fn connect_over(
+        endpoint: &Endpoint,
+        path: &str,
+        params: &[(&str, &str)],
+        transport: Transport,
+    ) -> Result<TestSocket, Refused> {
         let config = config(endpoint, path);
         let query = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
@@ -104,12 +122,13 @@ impl TestSocket {
         let info = ConnectInfo {
             headers: http::HeaderMap::new(),
             peer: None,
-            uri: Uri::try_from(format!("{path}/websocket?{query}")).unwrap_or_default(),
+            uri: Uri::try_from(format!("{path}/{}?{query}", transport.as_str()))
+                .unwrap_or_default(),
             auth_token: None,
-            transport: Transport::WebSocket,
+            transport,
         };
         let assigns = config.handler.connect(&params, &info).await?;
-        Ok(Self::with_assigns(endpoint, path, assigns))
+        Ok(Self::build(endpoint, path, assigns, transport))
     }
 
     /// A socket with these assigns, without running `connect` (its id still
@@ -119,12 +138,21 @@ impl TestSocket {
     ///
     /// If no socket is mounted at `path`.
     pub fn with_assigns(endpoint: &Endpoint, path: &str, assigns: Assigns) -> TestSocket {
+        Self::build(endpoint, path, assigns, Transport::WebSocket)
+    }
+
+    fn build(
+        endpoint: &Endpoint,
+        path: &str,
+        assigns: Assigns,
+        transport: Transport,
+    ) -> TestSocket {
         let config = config(endpoint, path);
         let env = endpoint.shared().clone();
         let id = config.handler.id(&assigns).map(Arc::<str>::from);
         let shared = Arc::new(SocketShared::new(
             Serializer::V2,
-            Transport::WebSocket,
+            transport,
             id,
             assigns,
             env.root.child_token(),
