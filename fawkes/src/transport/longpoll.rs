@@ -273,8 +273,7 @@ pub(crate) async fn handle(
     if method == Method::OPTIONS {
         return preflight(req.headers());
     }
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let session = presented_token(req.headers(), &query)
+    let session = presented_token(req.headers(), req.uri().query().unwrap_or(""))
         .and_then(|token| {
             env.token
                 .verify::<String>(TOKEN_SALT, &token, lp.token_max_age)
@@ -290,7 +289,11 @@ pub(crate) async fn handle(
         };
     }
     match session {
-        Some((token, inbox, _)) => poll(&lp, &token, inbox).await,
+        Some((token, inbox, _)) => {
+            // A poll waits up to the window: hold nothing of the request.
+            drop(req);
+            poll(&lp, &token, inbox).await
+        }
         None => Box::pin(open(config, env, sessions, &lp, req)).await,
     }
 }
