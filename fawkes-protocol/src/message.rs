@@ -82,6 +82,43 @@ impl From<Vec<u8>> for Payload {
     }
 }
 
+/// A JSON payload serialized ahead of time, to send the same large payload
+/// in many frames without encoding it again (a topic's presence list pushed
+/// to every joiner, say). Cheap to clone: the bytes are shared.
+///
+/// ```
+/// use fawkes_protocol::{EncodedPayload, Frame, Serializer};
+/// use serde_json::json;
+///
+/// let payload = EncodedPayload::from_serialize(&json!({"42": {"metas": []}})).unwrap();
+/// let frame = Serializer::V2.encode_push_encoded(Some(&json!("3")), "presence:lobby", "presence_state", &payload);
+/// assert_eq!(
+///     frame.bytes().as_ref(),
+///     br#"["3",null,"presence:lobby","presence_state",{"42":{"metas":[]}}]"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPayload(Bytes);
+
+impl EncodedPayload {
+    /// Serializes `value` as compact JSON.
+    ///
+    /// # Errors
+    ///
+    /// What `serde_json` fails on: a map with non-string keys, or a
+    /// `Serialize` implementation that fails.
+    pub fn from_serialize<T: serde::Serialize + ?Sized>(
+        value: &T,
+    ) -> Result<Self, serde_json::Error> {
+        serde_json::to_vec(value).map(|v| EncodedPayload(Bytes::from(v)))
+    }
+
+    /// The JSON text, as bytes.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
 /// One protocol message, in either direction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {

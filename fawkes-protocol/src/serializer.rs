@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::{
-    DecodeError, EncodeError, Frame, Message, Payload, Ref, Reply, VsnError, binary, events,
+    DecodeError, EncodeError, EncodedPayload, Frame, Message, Payload, Ref, Reply, VsnError,
+    binary, events,
 };
 
 /// A serializer version, chosen per socket by the `vsn` query parameter.
@@ -169,6 +170,21 @@ impl Serializer {
                 binary::encode_broadcast(topic, event, payload).map(Frame::Binary)
             }
         }
+    }
+
+    /// Encodes a push whose JSON payload was serialized ahead of time: the
+    /// same text frame [`encode_push`](Self::encode_push) writes for that
+    /// payload, with no ref.
+    pub fn encode_push_encoded(
+        self,
+        join_ref: Option<&Ref>,
+        topic: &str,
+        event: &str,
+        payload: &EncodedPayload,
+    ) -> Frame {
+        self.text_frame(join_ref, None, topic, event, |buf| {
+            buf.extend_from_slice(payload.as_bytes())
+        })
     }
 
     /// Fails unless this version has binary frames (V1 has none).
@@ -1152,6 +1168,23 @@ mod tests {
             prop_assert_eq!(V2.decode_text(&text(V2.encode_push(&m).unwrap())).unwrap(), m.clone());
             let v1 = Message { join_ref: None, ..m.clone() };
             prop_assert_eq!(V1.decode_text(&text(V1.encode_push(&m).unwrap())).unwrap(), v1);
+        }
+
+        #[test]
+        fn pre_encoded_pushes_equal_encoded_pushes(
+            join_ref in opt_ref(),
+            topic in "\\PC{0,16}",
+            event in "\\PC{0,16}",
+            payload in json_value(),
+        ) {
+            let encoded = EncodedPayload::from_serialize(&payload).unwrap();
+            let m = msg(join_ref.clone(), None, &topic, &event, payload);
+            for s in [V1, V2] {
+                prop_assert_eq!(
+                    s.encode_push_encoded(join_ref.as_ref(), &topic, &event, &encoded),
+                    s.encode_push(&m).unwrap()
+                );
+            }
         }
 
         #[test]

@@ -22,6 +22,8 @@
 //! * [`socket`]: the socket handler, topic routing, per-connection dispatch.
 //! * [`channel`]: the channel trait, its context, the channel task.
 //! * [`pubsub`]: topics, subscribers, the fast lane, the cluster adapter seam.
+//! * [`presence`]: who is on a topic (`presence_state` / `presence_diff`),
+//!   on a replicated tracker.
 //! * [`transport`]: WebSocket and LongPoll on axum, origin check, limits.
 //! * [`endpoint`]: the builder and the handle users hold.
 //! * [`token`]: signed tokens, to authenticate sockets (and LongPoll sessions).
@@ -31,6 +33,7 @@
 pub mod channel;
 pub mod endpoint;
 mod mailbox;
+pub mod presence;
 pub mod pubsub;
 pub mod socket;
 #[cfg(feature = "testing")]
@@ -47,6 +50,7 @@ pub use channel::{
 };
 pub use endpoint::{Endpoint, EndpointBuilder, SocketBuilder, Stats};
 pub use fawkes_protocol::Payload;
+pub use presence::{Presence, PresenceConfig, PresenceError, PresenceOwner};
 pub use socket::{Assigns, ConnectInfo, Params, Refused, Socket, Transport};
 pub use token::{Token, TokenError};
 pub use transport::{CheckOrigin, LongPollConfig, TransportError, WebSocketConfig};

@@ -1,4 +1,4 @@
-//! The app's channels: Room, Chat (as in the talk) and Bench.
+//! The app's channels: Room, Chat (as in the talk), Presence and Bench.
 
 use bytes::{BufMut, BytesMut};
 use fawkes::{Channel, Context, HandleResult, Payload, StopReason, Transport};
@@ -7,6 +7,10 @@ use serde_json::{Value, json};
 /// The socket's user, from the `user_id` connect param.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserId(pub String);
+
+/// An anonymous socket's presence key, `anon-<n>`, unique per socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnonId(pub u64);
 
 fn user_id<C: Channel>(ctx: &Context<C>) -> Option<&str> {
     ctx.assigns().get::<UserId>().map(|u| u.0.as_str())
@@ -145,6 +149,102 @@ impl Channel for Chat {
         ctx.broadcast("new_msg", payload);
         HandleResult::NoReply
     }
+}
+
+/// `presence:*`: tracks each joiner and pushes the topic's presence list.
+///
+/// The key is the socket's `user_id` (`anon-<n>` for anonymous sockets), the
+/// meta `{"online_at": <unix ms>, "device": <join param "device" or null>}`.
+#[derive(Clone, Default)]
+pub struct Presence {
+    key: String,
+    online_at: u64,
+}
+
+/// The largest `device` a client may give, as JSON: it is copied into every
+/// joiner's presence list.
+pub const MAX_DEVICE_BYTES: usize = 1024;
+
+/// What a [`Presence`] channel does right after its join reply.
+#[derive(Debug)]
+pub struct Track {
+    device: Value,
+}
+
+fn device_of(payload: &Value) -> Result<Value, Value> {
+    let device = payload.get("device").cloned().unwrap_or(Value::Null);
+    if device.to_string().len() > MAX_DEVICE_BYTES {
+        return Err(json!({"reason": "device too large"}));
+    }
+    Ok(device)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Channel for Presence {
+    type Info = Track;
+
+    async fn join(
+        &mut self,
+        _topic: &str,
+        payload: Value,
+        ctx: &mut Context<Self>,
+    ) -> Result<Value, Value> {
+        let device = device_of(&payload)?;
+        self.key = match (user_id(ctx), ctx.assigns().get::<AnonId>()) {
+            (Some(user), _) => user.to_owned(),
+            (None, Some(anon)) => format!("anon-{}", anon.0),
+            (None, None) => format!("anon-{}", next_anon_id()),
+        };
+        self.online_at = unix_ms();
+        // After the join reply, so the joiner gets the diff of its own join.
+        ctx.send_info(Track { device });
+        Ok(json!({}))
+    }
+
+    async fn handle_info(&mut self, msg: Track, ctx: &mut Context<Self>) -> HandleResult {
+        let meta = json!({"online_at": self.online_at, "device": msg.device});
+        if let Err(err) = ctx.presence().track(&self.key, meta) {
+            return HandleResult::stop(StopReason::Error(format!("cannot track: {err}")));
+        }
+        ctx.push_presence_state();
+        HandleResult::NoReply
+    }
+
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut Context<Self>,
+    ) -> HandleResult {
+        match (event, payload) {
+            ("update_meta", Payload::Json(payload)) => {
+                let device = match device_of(&payload) {
+                    Ok(device) => device,
+                    Err(reason) => return HandleResult::error(reason),
+                };
+                let meta = json!({"online_at": self.online_at, "device": device});
+                match ctx.presence().update(&self.key, meta) {
+                    Ok(_) => HandleResult::ok(json!({})),
+                    Err(err) => HandleResult::error(json!({"reason": err.to_string()})),
+                }
+            }
+            ("update_meta", Payload::Binary(_)) => {
+                HandleResult::error(json!({"reason": "json payload expected"}))
+            }
+            _ => HandleResult::error(json!({"reason": "unknown event"})),
+        }
+    }
+}
+
+/// The next anonymous id of this process.
+pub fn next_anon_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// `bench:*`: probes for load tools.

@@ -1,8 +1,9 @@
-//! The HTTP API for tests and load tools: health, broadcast, disconnect, stats.
+//! The HTTP API for tests and load tools: health, broadcast, disconnect,
+//! presence, stats.
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -23,6 +24,7 @@ pub(crate) fn router(endpoint: Endpoint, node: String) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/broadcast", post(broadcast))
         .route("/api/disconnect", post(disconnect))
+        .route("/api/presence/{*topic}", get(presence))
         .route("/api/stats", get(stats))
         .with_state(Api { endpoint, node })
 }
@@ -95,6 +97,12 @@ async fn disconnect(
     let req: DisconnectBody = parse(&headers, &body)?;
     api.endpoint.disconnect(&req.socket_id);
     Ok(Json(json!({"ok": true})))
+}
+
+/// The topic's presence map, as `presence_state` carries it.
+async fn presence(State(api): State<Api>, Path(topic): Path<String>) -> Response {
+    let body = api.endpoint.presence().list_json(&topic);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn stats(State(api): State<Api>) -> Json<Value> {

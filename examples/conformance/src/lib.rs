@@ -13,11 +13,13 @@
 //! | --- | --- |
 //! | `room:*` | [`Room`]: join (`room:denied` refused, `room:join_crash` panics), then a `user_entered` broadcast and a `joined` push; events `new_msg` (intercepted broadcast, `to` filtering, `transport` added), `new_msg_from`, `echo`, `error`, `noreply`, `boom` (panics), `stop`, `binary`; `you_left` pushed on terminate |
 //! | `chat:*` | [`Chat`]: the talk's ChatChannel (`chat:secret` refused; every event broadcast as `new_msg`, no reply) |
+//! | `presence:*` | [`Presence`]: tracks the socket's `user_id` (`anon-<n>` if anonymous) with `{"online_at", "device"}` (the join param `device`), then pushes `presence_state`; `update_meta` `{"device"}` updates the meta; every change is a `presence_diff` |
 //! | `bench:*` | [`Bench`]: `ping` echoes, `broadcast` broadcasts `msg` |
 //!
 //! HTTP API: `GET /healthz`, `POST /api/broadcast` `{"topic","event","payload"}`,
-//! `POST /api/disconnect` `{"socket_id"}`, `GET /api/stats`; a malformed body
-//! gets 400 with `{"error": …}`.
+//! `POST /api/disconnect` `{"socket_id"}`, `GET /api/presence/TOPIC` (the
+//! topic's presence map), `GET /api/stats`; a malformed body gets 400 with
+//! `{"error": …}`.
 
 mod channels;
 mod http_api;
@@ -27,11 +29,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fawkes::{
-    Assigns, CheckOrigin, ConnectInfo, Endpoint, LongPollConfig, Params, Refused, Socket,
-    WebSocketConfig,
+    Assigns, CheckOrigin, ConnectInfo, Endpoint, LongPollConfig, Params, PresenceConfig, Refused,
+    Socket, WebSocketConfig,
 };
 
-pub use channels::{Bench, Chat, Room, UserId};
+pub use channels::{AnonId, Bench, Chat, MAX_DEVICE_BYTES, Presence, Room, UserId, next_anon_id};
 
 /// How the app is started.
 #[derive(Debug, Clone)]
@@ -45,6 +47,10 @@ pub struct Options {
     pub longpoll_window: Duration,
     /// `redis://HOST:PORT` to join a cluster; `None` runs alone.
     pub pubsub: Option<String>,
+    /// Merge presence changes over this window into one diff per topic
+    /// ([`fawkes::PresenceConfig::diff_batch_window`]); `None` (the default)
+    /// sends one diff per change.
+    pub presence_batch_window: Option<Duration>,
 }
 
 impl Default for Options {
@@ -54,6 +60,7 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(60),
             longpoll_window: Duration::from_secs(10),
             pubsub: None,
+            presence_batch_window: None,
         }
     }
 }
@@ -78,8 +85,13 @@ impl Socket for UserSocket {
             return Err(Refused::new());
         }
         let mut assigns = Assigns::new();
-        if let Some(user_id) = params.get_str("user_id") {
-            assigns.insert(UserId(user_id.to_owned()));
+        match params.get_str("user_id") {
+            Some(user_id) => {
+                assigns.insert(UserId(user_id.to_owned()));
+            }
+            None => {
+                assigns.insert(AnonId(next_anon_id()));
+            }
         }
         Ok(assigns)
     }
@@ -103,10 +115,17 @@ pub fn app(opts: &Options) -> (axum::Router, Endpoint) {
     );
     let check_origin =
         CheckOrigin::list(["//localhost", "//127.0.0.1"]).unwrap_or_else(|e| panic!("{e}"));
+    let mut presence = PresenceConfig::default();
+    if let Some(window) = opts.presence_batch_window {
+        presence = presence.diff_batch_window(window);
+    }
     let (socket_router, endpoint) = Endpoint::builder()
+        .node_name(opts.node_name.clone())
+        .presence(presence)
         .socket("/socket", UserSocket)
         .channel("room:*", Room)
         .channel("chat:*", Chat)
+        .channel("presence:*", Presence::default())
         .channel("bench:*", Bench)
         .check_origin(check_origin)
         .websocket(WebSocketConfig::default().idle_timeout(opts.idle_timeout))

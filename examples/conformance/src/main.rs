@@ -1,7 +1,7 @@
 //! The conformance app's binary.
 //!
 //! Run with `cargo run --release --bin fawkes-conformance` (options:
-//! `--port`, `--host`, `--node-name`; see `--help`).
+//! `--port`, `--host`, `--node-name`, `--presence-batch-ms`; see `--help`).
 
 use clap::Parser;
 use fawkes_conformance::{Options, random_node_name, serve};
@@ -23,6 +23,10 @@ struct Cli {
     /// The node's name (default: random).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Merge presence changes over this many milliseconds into one
+    /// `presence_diff` per topic (default: one diff per change).
+    #[arg(long, env = "PRESENCE_BATCH_MS")]
+    presence_batch_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -54,6 +58,7 @@ async fn main() -> std::process::ExitCode {
     };
     let opts = Options {
         node_name: cli.node_name.unwrap_or_else(random_node_name),
+        presence_batch_window: cli.presence_batch_ms.map(std::time::Duration::from_millis),
         ..Options::default()
     };
     tracing::info!(node = %opts.node_name, "listening on http://{addr}");

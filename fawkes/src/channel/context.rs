@@ -2,12 +2,17 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fawkes_protocol::{Frame, Message, Payload, Ref};
 
 use super::server::{ChannelCore, ChannelMsg};
 use super::{Channel, ChannelError, Reply, valid_payload};
+
+/// The event of a full presence list (PROTOCOL §7.2).
+const PRESENCE_STATE: &str = "presence_state";
+use crate::presence::ChannelPresence;
 use crate::pubsub::PubSub;
 use crate::socket::{Assigns, Transport};
 
@@ -96,14 +101,56 @@ impl<C: Channel> Context<C> {
             payload,
         };
         match self.core.socket.serializer.encode_push(&msg) {
-            Ok(frame) => match &mut self.pending {
-                Some(pending) => pending.push(frame),
-                None => self.core.send_frame(frame),
-            },
+            Ok(frame) => self.queue(frame),
             Err(err) => {
                 tracing::warn!(target: "fawkes::channel", topic = %self.core.topic, event, %err, "push dropped")
             }
         }
+    }
+
+    /// Sends a frame now, or after the join reply while joining.
+    fn queue(&mut self, frame: Frame) {
+        match &mut self.pending {
+            Some(pending) => pending.push(frame),
+            None => self.core.send_frame(frame),
+        }
+    }
+
+    /// Presence on this channel's topic: what this channel tracks (removed
+    /// when it ends) and who is there. See [`crate::presence`].
+    pub fn presence(&self) -> ChannelPresence<'_> {
+        let tracker = self.core.env.presence.tracker();
+        let mut owner = self.core.presence_owner.load(Ordering::Relaxed);
+        if owner == 0 {
+            // Only this channel's task gets here: no race.
+            owner = tracker.new_owner();
+            self.core.presence_owner.store(owner, Ordering::Relaxed);
+        }
+        ChannelPresence {
+            tracker,
+            topic: &self.core.topic,
+            owner,
+        }
+    }
+
+    /// Pushes `presence_state`, the topic's whole presence list, to this
+    /// client. phoenix.js's `Presence` needs one after every join (PROTOCOL
+    /// §7.4): push it once the channel has tracked, typically from
+    /// `handle_info` right after the join.
+    pub fn push_presence_state(&mut self) {
+        let list = self
+            .core
+            .env
+            .presence
+            .tracker()
+            .list_encoded(&self.core.topic);
+        let frame = self.core.socket.serializer.encode_push_encoded(
+            self.core.push_ref.as_ref(),
+            &self.core.topic,
+            PRESENCE_STATE,
+            &list,
+        );
+        self.queue(frame);
     }
 
     /// Broadcasts `event` to every subscriber of the topic on every node,

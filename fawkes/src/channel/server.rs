@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fawkes_protocol::{Frame, Message, Payload, Ref, events};
@@ -52,6 +52,8 @@ pub(crate) struct ChannelCore {
     pub(crate) subscription: OnceLock<SubscriptionId>,
     /// Replaced by a duplicate join: no terminate, nothing more on the wire.
     pub(crate) killed: AtomicBool,
+    /// The owner of what the channel tracks in presence; 0 until it tracks.
+    pub(crate) presence_owner: AtomicU64,
 }
 
 impl ChannelCore {
@@ -181,12 +183,26 @@ enum Exit {
     Killed,
 }
 
+/// Removes what a channel tracks when its task ends, however it ends
+/// (PROTOCOL §7.3): after terminate, which may still track or untrack.
+struct UntrackOnExit(Arc<ChannelCore>);
+
+impl Drop for UntrackOnExit {
+    fn drop(&mut self) {
+        let owner = self.0.presence_owner.load(Ordering::Relaxed);
+        if owner != 0 {
+            self.0.env.presence.tracker().untrack_owner(owner);
+        }
+    }
+}
+
 async fn run<C: Channel>(
     mut chan: C,
     core: Arc<ChannelCore>,
     join: JoinRequest,
     joined: oneshot::Sender<bool>,
 ) {
+    let _untrack = UntrackOnExit(core.clone());
     // Boxed: the join's state is not kept for the channel's whole life.
     let Some(mut ctx) = Box::pin(join_channel(&mut chan, &core, join, joined)).await else {
         return;

@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::channel::{Channel, ChannelError, ChannelFactory, Route};
+use crate::presence::{Presence, PresenceConfig, Tracker};
 use crate::pubsub::PubSub;
 use crate::socket::{DynSocket, OutboxLimits, Socket, TopicPattern};
 use crate::token::Token;
@@ -64,6 +65,8 @@ use crate::transport::{CheckOrigin, LongPollConfig, WebSocketConfig, longpoll, w
 /// What every task of an endpoint shares.
 pub(crate) struct Shared {
     pub(crate) pubsub: PubSub,
+    pub(crate) presence: Presence,
+    node_name: String,
     pub(crate) tracker: TaskTracker,
     pub(crate) root: CancellationToken,
     pub(crate) sockets: AtomicUsize,
@@ -136,6 +139,8 @@ impl Endpoint {
             sockets: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             token: None,
+            presence: PresenceConfig::default(),
+            node_name: None,
         }
     }
 
@@ -182,6 +187,17 @@ impl Endpoint {
         &self.shared.pubsub
     }
 
+    /// The node's presence: who is on any topic, and owners to track from
+    /// code outside channels.
+    pub fn presence(&self) -> &Presence {
+        &self.shared.presence
+    }
+
+    /// This node's name ([`EndpointBuilder::node_name`]).
+    pub fn node_name(&self) -> &str {
+        &self.shared.node_name
+    }
+
     /// Shuts down: refuses new connections, closes every socket with code
     /// 1012 after running its channels' `terminate`, and waits for them (up
     /// to the shutdown timeout, 30 s by default).
@@ -207,6 +223,8 @@ pub struct EndpointBuilder {
     sockets: Vec<(String, SocketConfig)>,
     shutdown_timeout: Duration,
     token: Option<Token>,
+    presence: PresenceConfig,
+    node_name: Option<String>,
 }
 
 impl EndpointBuilder {
@@ -227,6 +245,20 @@ impl EndpointBuilder {
     /// new in-memory one.
     pub fn pubsub(mut self, pubsub: PubSub) -> Self {
         self.pubsub = Some(pubsub);
+        self
+    }
+
+    /// How the tracker behind [`Endpoint::presence`] runs: diff batching,
+    /// meta size limit, shards. Default [`PresenceConfig::default`].
+    pub fn presence(mut self, config: PresenceConfig) -> Self {
+        self.presence = config;
+        self
+    }
+
+    /// Names this node, for logs and presence; nodes of a cluster need
+    /// distinct names. Default: `fawkes-` and random hex digits.
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = Some(name.into());
         self
     }
 
@@ -266,10 +298,24 @@ impl EndpointBuilder {
             .into_iter()
             .map(|(path, config)| (path, Arc::new(config)))
             .collect();
+        let pubsub = self.pubsub.unwrap_or_default();
+        let tracker = TaskTracker::new();
+        let root = CancellationToken::new();
+        let presence = Presence::new(Tracker::new(
+            pubsub.clone(),
+            self.presence,
+            tracker.clone(),
+            root.clone(),
+        ));
+        let node_name = self
+            .node_name
+            .unwrap_or_else(|| format!("fawkes-{:08x}", crate::presence::random_u64() as u32));
         let shared = Arc::new(Shared {
-            pubsub: self.pubsub.unwrap_or_default(),
-            tracker: TaskTracker::new(),
-            root: CancellationToken::new(),
+            pubsub,
+            presence,
+            node_name,
+            tracker,
+            root,
             sockets: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
             token: self.token.unwrap_or_else(Token::generate),

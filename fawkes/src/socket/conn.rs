@@ -1,7 +1,7 @@
 //! Dispatch of one connection's messages (PROTOCOL §4.3), whatever the
 //! transport.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fawkes_protocol::{Message, Payload, Ref, events};
@@ -247,6 +247,7 @@ impl Conn {
             cancel: self.shared.cancel.child_token(),
             subscription: OnceLock::new(),
             killed: AtomicBool::new(false),
+            presence_owner: AtomicU64::new(0),
         });
         let (tx, rx) = oneshot::channel();
         route.spawn(

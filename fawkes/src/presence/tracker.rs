@@ -1,0 +1,533 @@
+//! The node's tracker: shards of [`State`] behind locks, metas as JSON with
+//! their `phx_ref`, and the `presence_diff` of every change broadcast to the
+//! topic's local subscribers, at once or merged over a batch window.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fawkes_protocol::EncodedPayload;
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::state::{Conflict, Diff, Dot, Entry, Metas, OwnerId, ReplicaId, State};
+use super::{PresenceConfig, PresenceError, PresenceMap, PresenceMetas};
+use crate::pubsub::PubSub;
+
+/// A meta as stored: the application's object plus `phx_ref` (and
+/// `phx_ref_prev` after an update), encoded once.
+pub(crate) type Meta = Arc<RawValue>;
+
+/// Lists at least this long are kept encoded until the topic changes, so
+/// that joiners of a large topic share one encoding; shorter ones cost less
+/// to encode again than to keep.
+const SNAPSHOT_MIN_BYTES: usize = 4096;
+
+/// The presence event names (PROTOCOL §7.2).
+pub(crate) const PRESENCE_DIFF: &str = "presence_diff";
+
+struct Shard {
+    state: State<Meta>,
+    /// Diffs waiting for the batch window, by topic, each in event order.
+    pending: HashMap<Arc<str>, Diff<Meta>>,
+    /// Encoded lists of large topics, dropped when the topic's next diff
+    /// goes out (PROTOCOL §7.4: a list as of then plus the diffs after it
+    /// is what a client converges on).
+    snapshots: HashMap<Arc<str>, EncodedPayload>,
+}
+
+pub(crate) struct Tracker {
+    shards: Box<[Mutex<Shard>]>,
+    pubsub: PubSub,
+    config: PresenceConfig,
+    next_owner: AtomicU64,
+    /// Wakes the flush task when a batch starts.
+    batch_started: Arc<Notify>,
+    flusher: OnceLock<()>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    me: Weak<Tracker>,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        // Lets the flush task see that the tracker is gone.
+        self.batch_started.notify_one();
+    }
+}
+
+/// A fixed hash, so every node maps a topic to the same shard.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub(crate) fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // Without OS randomness, a clock-derived id still differs per start.
+    if getrandom::fill(&mut buf).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        buf = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    u64::from_le_bytes(buf)
+}
+
+/// The `phx_ref` of an entry version: 16 characters of URL-safe base64 of
+/// its replica and clock, unique across nodes since replicas are.
+pub(crate) fn phx_ref(dot: Dot) -> String {
+    let mut bytes = [0u8; 12];
+    bytes[..6].copy_from_slice(&dot.replica.0.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&dot.clock.to_be_bytes()[2..]);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Counts the bytes of an encoding without keeping them.
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Tracker {
+    pub(crate) fn new(
+        pubsub: PubSub,
+        config: PresenceConfig,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Tracker> {
+        let shards = (0..config.pool_size.max(1))
+            .map(|_| {
+                Mutex::new(Shard {
+                    state: State::new(ReplicaId(random_u64())),
+                    pending: HashMap::new(),
+                    snapshots: HashMap::new(),
+                })
+            })
+            .collect();
+        Arc::new_cyclic(|me| Tracker {
+            shards,
+            pubsub,
+            config,
+            next_owner: AtomicU64::new(1),
+            batch_started: Arc::new(Notify::new()),
+            flusher: OnceLock::new(),
+            tasks,
+            cancel,
+            me: me.clone(),
+        })
+    }
+
+    fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
+        let i = (fnv1a(topic) % self.shards.len() as u64) as usize;
+        // Nothing panics while a shard is locked; recover anyway.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn new_owner(&self) -> OwnerId {
+        self.next_owner.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The application's meta as an object, without the tracker's fields.
+    fn user_meta(&self, meta: impl Serialize) -> Result<Map<String, Value>, PresenceError> {
+        let Ok(Value::Object(mut map)) = serde_json::to_value(meta) else {
+            return Err(PresenceError::InvalidMeta);
+        };
+        map.remove("phx_ref");
+        map.remove("phx_ref_prev");
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &map).map_err(|_| PresenceError::InvalidMeta)?;
+        if count.0 > self.config.max_meta_size {
+            return Err(PresenceError::MetaTooLarge {
+                size: count.0,
+                max: self.config.max_meta_size,
+            });
+        }
+        Ok(map)
+    }
+
+    pub(crate) fn track(
+        &self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+        meta: impl Serialize,
+    ) -> Result<String, PresenceError> {
+        let meta = self.user_meta(meta)?;
+        let mut shard = self.shard(topic);
+        let diff = shard
+            .state
+            .add(topic, owner, key, |dot| encode_meta(meta, dot, None))
+            .map_err(conflict)?;
+        let phx_ref = diff
+            .joins
+            .first()
+            .map(|(d, _)| phx_ref(*d))
+            .unwrap_or_default();
+        self.emit(&mut shard, diff);
+        Ok(phx_ref)
+    }
+
+    pub(crate) fn update(
+        &self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+        meta: impl Serialize,
+    ) -> Result<String, PresenceError> {
+        let meta = self.user_meta(meta)?;
+        let mut shard = self.shard(topic);
+        let diff = shard
+            .state
+            .update(owner, topic, key, |_, old, new| {
+                encode_meta(meta, new, Some(old))
+            })
+            .map_err(conflict)?;
+        let phx_ref = diff
+            .joins
+            .first()
+            .map(|(d, _)| phx_ref(*d))
+            .unwrap_or_default();
+        self.emit(&mut shard, diff);
+        Ok(phx_ref)
+    }
+
+    /// The current meta of an entry, without the tracker's fields.
+    pub(crate) fn meta_of(
+        &self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+    ) -> Result<Map<String, Value>, PresenceError> {
+        let meta = {
+            let shard = self.shard(topic);
+            let dot = shard
+                .state
+                .find(owner, topic, key)
+                .ok_or(PresenceError::NotTracked)?;
+            shard.state.get(&dot).map(|e| e.meta.clone())
+        };
+        let mut map = meta.map(|m| parse_meta(&m)).unwrap_or_default();
+        map.remove("phx_ref");
+        map.remove("phx_ref_prev");
+        Ok(map)
+    }
+
+    pub(crate) fn untrack(&self, owner: OwnerId, topic: &str, key: &str) -> bool {
+        let mut shard = self.shard(topic);
+        let diff = shard.state.remove(owner, topic, key);
+        let removed = !diff.is_empty();
+        self.emit(&mut shard, diff);
+        removed
+    }
+
+    /// Removes everything `owner` tracks, on every shard.
+    pub(crate) fn untrack_owner(&self, owner: OwnerId) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let diff = shard.state.remove_owner(owner);
+            self.emit(&mut shard, diff);
+        }
+    }
+
+    pub(crate) fn list(&self, topic: &str) -> PresenceMap {
+        let shard = self.shard(topic);
+        shard
+            .state
+            .list(topic)
+            .map(|(key, metas)| (key.to_string(), presence_metas(metas)))
+            .collect()
+    }
+
+    pub(crate) fn get_by_key(&self, topic: &str, key: &str) -> Option<PresenceMetas> {
+        let shard = self.shard(topic);
+        let metas = shard.state.get_by_key(topic, key);
+        metas
+            .clone()
+            .next()
+            .is_some()
+            .then(|| presence_metas(metas))
+    }
+
+    /// The topic's presence map, encoded: shared by every caller until the
+    /// topic's next diff goes out.
+    pub(crate) fn list_encoded(&self, topic: &str) -> EncodedPayload {
+        let mut shard = self.shard(topic);
+        if let Some(snapshot) = shard.snapshots.get(topic) {
+            return snapshot.clone();
+        }
+        let encoded = EncodedPayload::from_serialize(&ListView(shard.state.list(topic)))
+            .unwrap_or_else(|err| {
+                // Metas are JSON objects and keys strings: nothing can fail.
+                tracing::error!(target: "fawkes::presence", topic, %err, "cannot encode a presence list");
+                EncodedPayload::from_serialize(&Map::new()).expect("{} encodes")
+            });
+        if encoded.as_bytes().len() >= SNAPSHOT_MIN_BYTES {
+            shard.snapshots.insert(topic.into(), encoded.clone());
+        }
+        encoded
+    }
+
+    /// Sends what `diff` changed to the local subscribers of its topics, now
+    /// or at the end of the batch window.
+    fn emit(&self, shard: &mut Shard, diff: Diff<Meta>) {
+        if diff.is_empty() {
+            return;
+        }
+        for (topic, diff) in by_topic(diff) {
+            let batching = self.config.diff_batch_window.is_some() && !self.cancel.is_cancelled();
+            if batching && self.start_flusher() {
+                let first = shard.pending.is_empty();
+                let pending = shard.pending.entry(topic).or_default();
+                pending.joins.extend(diff.joins);
+                pending.leaves.extend(diff.leaves);
+                if first {
+                    self.batch_started.notify_one();
+                }
+            } else {
+                self.broadcast(shard, &topic, &diff);
+            }
+        }
+    }
+
+    fn broadcast(&self, shard: &mut Shard, topic: &str, diff: &Diff<Meta>) {
+        shard.snapshots.remove(topic);
+        if self.pubsub.subscriber_count(topic) == 0 {
+            return;
+        }
+        let payload = serde_json::to_value(DiffView(diff)).unwrap_or_else(|err| {
+            tracing::error!(target: "fawkes::presence", topic, %err, "cannot encode a presence diff");
+            Value::Null
+        });
+        if let Err(err) = self.pubsub.local_broadcast(topic, PRESENCE_DIFF, payload) {
+            tracing::error!(target: "fawkes::presence", topic, %err, "presence diff dropped");
+        }
+    }
+
+    /// Sends every batched diff.
+    fn flush(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (topic, diff) in std::mem::take(&mut shard.pending) {
+                self.broadcast(&mut shard, &topic, &diff);
+            }
+        }
+    }
+
+    /// Starts the task that flushes batches, once; `false` where there is
+    /// no runtime to run it (the diff is then sent at once).
+    fn start_flusher(&self) -> bool {
+        let Some(window) = self.config.diff_batch_window else {
+            return false;
+        };
+        if self.flusher.get().is_some() {
+            return true;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false;
+        }
+        self.flusher.get_or_init(|| {
+            let (me, started, cancel) = (
+                self.me.clone(),
+                self.batch_started.clone(),
+                self.cancel.clone(),
+            );
+            self.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = started.notified() => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                    if !cancel.is_cancelled() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(window) => {}
+                            _ = cancel.cancelled() => {}
+                        }
+                    }
+                    let Some(tracker) = me.upgrade() else { return };
+                    tracker.flush();
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                }
+            });
+        });
+        true
+    }
+}
+
+fn conflict(c: Conflict) -> PresenceError {
+    match c {
+        Conflict::AlreadyTracked => PresenceError::AlreadyTracked,
+        _ => PresenceError::NotTracked,
+    }
+}
+
+fn encode_meta(mut meta: Map<String, Value>, dot: Dot, prev: Option<Dot>) -> Meta {
+    meta.insert("phx_ref".into(), phx_ref(dot).into());
+    if let Some(prev) = prev {
+        meta.insert("phx_ref_prev".into(), phx_ref(prev).into());
+    }
+    match serde_json::value::to_raw_value(&meta) {
+        Ok(raw) => Arc::from(raw),
+        // A map of JSON values always encodes.
+        Err(_) => Arc::from(RawValue::NULL.to_owned()),
+    }
+}
+
+fn parse_meta(meta: &RawValue) -> Map<String, Value> {
+    serde_json::from_str(meta.get()).unwrap_or_default()
+}
+
+fn presence_metas(metas: Metas<'_, Meta>) -> PresenceMetas {
+    PresenceMetas {
+        metas: metas.map(|(_, m)| parse_meta(m)).collect(),
+    }
+}
+
+/// Splits a diff by topic, keeping the order of events within each.
+fn by_topic(diff: Diff<Meta>) -> Vec<(Arc<str>, Diff<Meta>)> {
+    let mut out: Vec<(Arc<str>, Diff<Meta>)> = Vec::new();
+    let mut slot = |topic: &Arc<str>| match out.iter().position(|(t, _)| t == topic) {
+        Some(i) => i,
+        None => {
+            out.push((topic.clone(), Diff::default()));
+            out.len() - 1
+        }
+    };
+    let mut joins = Vec::new();
+    for (dot, entry) in diff.joins {
+        joins.push((slot(&entry.topic), dot, entry));
+    }
+    let mut leaves = Vec::new();
+    for (dot, entry) in diff.leaves {
+        leaves.push((slot(&entry.topic), dot, entry));
+    }
+    for (i, dot, entry) in joins {
+        out[i].1.joins.push((dot, entry));
+    }
+    for (i, dot, entry) in leaves {
+        out[i].1.leaves.push((dot, entry));
+    }
+    out
+}
+
+/// A presence map as JSON, straight from the state: `{key: {"metas": […]}}`.
+struct ListView<'a, I>(I)
+where
+    I: Iterator<Item = (&'a Arc<str>, Metas<'a, Meta>)>;
+
+impl<'a, I> Serialize for ListView<'a, I>
+where
+    I: Iterator<Item = (&'a Arc<str>, Metas<'a, Meta>)> + Clone,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .clone()
+                .map(|(key, metas)| (&**key, MetasView(metas))),
+        )
+    }
+}
+
+/// `{"metas": […]}`.
+struct MetasView<I>(I);
+
+impl<'a, I> Serialize for MetasView<I>
+where
+    I: Iterator<Item = (Dot, &'a Meta)> + Clone,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Seq<I>(I);
+        impl<'a, I> Serialize for Seq<I>
+        where
+            I: Iterator<Item = (Dot, &'a Meta)> + Clone,
+        {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.clone().map(|(_, m)| &**m))
+            }
+        }
+        let mut st = s.serialize_struct("Presence", 1)?;
+        st.serialize_field("metas", &Seq(self.0.clone()))?;
+        st.end()
+    }
+}
+
+/// `{"joins": {…}, "leaves": {…}}` of one topic's diff (PROTOCOL §7.2).
+struct DiffView<'a>(&'a Diff<Meta>);
+
+impl Serialize for DiffView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Diff", 2)?;
+        st.serialize_field("joins", &Grouped(&self.0.joins))?;
+        st.serialize_field("leaves", &Grouped(&self.0.leaves))?;
+        st.end()
+    }
+}
+
+/// Entries as a presence map, grouped by key in order of first appearance.
+struct Grouped<'a>(&'a [(Dot, Entry<Meta>)]);
+
+impl Serialize for Grouped<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut keys: Vec<&Arc<str>> = Vec::new();
+        for (_, e) in self.0 {
+            if !keys.contains(&&e.key) {
+                keys.push(&e.key);
+            }
+        }
+        s.collect_map(keys.into_iter().map(|key| {
+            let metas = self
+                .0
+                .iter()
+                .filter(move |(_, e)| e.key == *key)
+                .map(|(d, e)| (*d, &e.meta));
+            (&**key, MetasView(metas))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phx_refs_are_16_url_safe_characters_unique_per_dot() {
+        let a = phx_ref(Dot {
+            replica: ReplicaId(u64::MAX),
+            clock: 1,
+        });
+        let b = phx_ref(Dot {
+            replica: ReplicaId(u64::MAX),
+            clock: 2,
+        });
+        assert_eq!(a.len(), 16);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn shards_are_the_same_on_every_node() {
+        // FNV-1a test vectors: the hash must never change between builds.
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
