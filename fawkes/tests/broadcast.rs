@@ -57,6 +57,42 @@ async fn binary_broadcast_is_a_kind_2_frame() {
     assert_eq!(client.recv_frame().await, Frame::Binary(want));
 }
 
+#[tokio::test]
+async fn large_frames_arrive_whole_across_fragments() {
+    let (obs, _seen) = observer();
+    let server = serve_probe(&obs, |s| s).await;
+    let mut client = server.client().await;
+    client.join("probe:room", json!({})).await;
+    // 210 KB of 3-byte characters: many fragments, some splitting one.
+    let text = "€".repeat(70_000);
+    server
+        .endpoint
+        .broadcast("probe:room", "big", json!({"text": text}))
+        .unwrap();
+    assert_eq!(
+        client.recv().await,
+        json!([null, null, "probe:room", "big", {"text": text}])
+    );
+    let blob: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    server
+        .endpoint
+        .broadcast("probe:room", "blob", blob.clone())
+        .unwrap();
+    let mut want = vec![2u8, 10, 4];
+    want.extend_from_slice(b"probe:roomblob");
+    want.extend_from_slice(&blob);
+    assert_eq!(client.recv_frame().await, Frame::Binary(want));
+    // Small frames still go out whole after a large one.
+    server
+        .endpoint
+        .broadcast("probe:room", "small", json!({}))
+        .unwrap();
+    assert_eq!(
+        client.recv().await,
+        json!([null, null, "probe:room", "small", {}])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intercepted_broadcast_runs_handle_out_for_each_subscriber() {
     let (obs, _seen) = observer();

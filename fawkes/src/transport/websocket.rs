@@ -6,15 +6,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use fawkes_protocol::{DecodeError, Frame};
-use futures_util::SinkExt;
-use http::{HeaderMap, Method, Request, header};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
+use tungstenite::protocol::{Role, WebSocketConfig as WsConfig};
+use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::{TransportError, negotiate};
 use crate::endpoint::{Shared, SocketConfig};
@@ -64,6 +69,15 @@ impl WebSocketConfig {
     }
 }
 
+/// An upgraded connection.
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Larger frames are sent in fragments of this size (RFC 6455 §5.4), since
+/// the WebSocket's write buffer keeps the capacity of the largest frame it
+/// ever held: a 1 MB presence list would otherwise stay allocated on every
+/// connection that received one.
+const FRAGMENT: usize = 8 * 1024;
+
 const BEARER_PREFIX: &str = "base64url.bearer.phx.";
 
 /// The bearer token among the offered sub-protocols (PROTOCOL §1.6): standard
@@ -89,6 +103,43 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, TransportError> {
         }
     }
     Ok(None)
+}
+
+fn header_contains(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains(token))
+}
+
+fn header_is(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+/// Checks an HTTP/1.1 upgrade request (RFC 6455 §4.2.1); the key to answer
+/// and the upgrade to await.
+fn upgrade_request(
+    parts: &mut http::request::Parts,
+) -> Result<(HeaderValue, OnUpgrade), TransportError> {
+    let refuse = |reason: &str| Err(TransportError::Upgrade(reason.to_owned()));
+    if !header_contains(&parts.headers, header::CONNECTION, "upgrade") {
+        return refuse("Connection header did not include 'upgrade'");
+    }
+    if !header_is(&parts.headers, header::UPGRADE, "websocket") {
+        return refuse("`Upgrade` header did not include 'websocket'");
+    }
+    let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return refuse("`Sec-WebSocket-Key` header missing");
+    };
+    if !header_is(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        return refuse("`Sec-WebSocket-Version` header did not include '13'");
+    }
+    let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return refuse("WebSocket request couldn't be upgraded since no upgrade state was present");
+    };
+    Ok((key, on_upgrade))
 }
 
 fn offers_phoenix(headers: &HeaderMap) -> bool {
@@ -131,9 +182,7 @@ async fn accept(
     let params = Params::from_query(parts.uri.query().unwrap_or(""));
     let serializer = negotiate(&params)?;
     let auth_token = bearer_token(&parts.headers)?;
-    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
-        .await
-        .map_err(|rej| TransportError::Upgrade(rej.body_text()))?;
+    let (key, on_upgrade) = upgrade_request(&mut parts)?;
     let info = ConnectInfo {
         peer: parts
             .extensions
@@ -153,17 +202,30 @@ async fn accept(
     };
     let id = config.handler.id(&assigns).map(Arc::<str>::from);
     let ws_config = &config.websocket;
-    let mut upgrade = upgrade
+    let ws_config = WsConfig::default()
         .read_buffer_size(ws_config.read_buffer_size)
         .write_buffer_size(ws_config.write_buffer_size)
         // Bounded by the outbox instead: a large broadcast must never fail
         // the write (DESIGN: max_write_buffer_size > write buffer + frame).
         .max_write_buffer_size(usize::MAX)
-        .max_message_size(ws_config.max_frame_size)
-        .max_frame_size(ws_config.max_frame_size);
+        .max_message_size(Some(config.websocket.max_frame_size))
+        .max_frame_size(Some(config.websocket.max_frame_size));
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) =
+        HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key.as_bytes()))
+    {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
     if offers_phoenix(&info.headers) {
         // Browsers abort when offered protocols get no answer (PROTOCOL §1.6).
-        upgrade = upgrade.protocols(["phoenix"]);
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("phoenix"),
+        );
     }
     let shared = Arc::new(SocketShared::new(
         serializer,
@@ -180,14 +242,27 @@ async fn accept(
         vsn = serializer.vsn()
     );
     let tracker = env.tracker.clone();
-    Ok(upgrade
-        .on_failed_upgrade(
-            |err| tracing::debug!(target: "fawkes::transport", %err, "upgrade failed"),
-        )
-        .on_upgrade(move |ws| {
+    tracker.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(target: "fawkes::transport", %err, "upgrade failed");
+                    return;
+                }
+            };
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(ws_config),
+            )
+            .await;
             let conn = Conn::new(shared, config, env);
-            tracker.track_future(run(ws, conn).instrument(span))
-        }))
+            run(ws, conn).await;
+        }
+        .instrument(span),
+    );
+    Ok(response)
 }
 
 /// The connection task.
@@ -226,7 +301,7 @@ async fn run(mut ws: WebSocket, mut conn: Conn) {
             biased;
             _ = shared.cancel.cancelled() => {}
             _ = shared.notified() => {}
-            msg = ws.recv() => {
+            msg = ws.next() => {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
                 if let Err(reason) = Box::pin(receive(&mut conn, msg)).await {
                     break reason;
@@ -246,14 +321,14 @@ async fn run(mut ws: WebSocket, mut conn: Conn) {
 /// Feeds one received frame to the socket.
 async fn receive(
     conn: &mut Conn,
-    msg: Option<Result<WsMessage, axum::Error>>,
+    msg: Option<Result<WsMessage, tungstenite::Error>>,
 ) -> Result<(), CloseReason> {
     let serializer = conn.shared.serializer;
     let decoded = match msg {
         None | Some(Ok(WsMessage::Close(_))) => return Err(CloseReason::Closed),
         Some(Ok(WsMessage::Text(text))) => serializer.decode_text(text.as_str()),
         Some(Ok(WsMessage::Binary(bytes))) => serializer.decode_binary(bytes),
-        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => return Ok(()),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => return Ok(()),
         Some(Err(err)) => return Err(classify(err)),
     };
     match decoded {
@@ -272,40 +347,49 @@ fn log_bad_frame(shared: &SocketShared, err: &DecodeError) {
     tracing::warn!(target: "fawkes::transport", socket_id = shared.id.as_deref(), error = %err, "malformed frame, closing");
 }
 
-fn classify(err: axum::Error) -> CloseReason {
-    let inner = err.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(e)) => {
+fn classify(err: tungstenite::Error) -> CloseReason {
+    match err {
+        tungstenite::Error::Capacity(e) => {
             tracing::warn!(target: "fawkes::transport", error = %e, "frame too large, closing");
             CloseReason::TooLarge
         }
-        Some(tungstenite::Error::Utf8(_)) => {
+        tungstenite::Error::Utf8(_) => {
             tracing::warn!(target: "fawkes::transport", "invalid utf-8 in text frame, closing");
             CloseReason::BadFrame
         }
-        Some(tungstenite::Error::Protocol(e)) => {
+        tungstenite::Error::Protocol(e) => {
             tracing::warn!(target: "fawkes::transport", error = %e, "websocket protocol error, closing");
             CloseReason::ProtocolError
         }
-        _ => {
-            tracing::debug!(target: "fawkes::transport", error = %inner, "websocket read failed");
+        err => {
+            tracing::debug!(target: "fawkes::transport", error = %err, "websocket read failed");
             CloseReason::Closed
         }
     }
 }
 
 /// Writes every queued frame and flushes once: one write for the batch
-/// instead of one per frame.
+/// instead of one per frame. Frames are handed over as they are (text
+/// frames are UTF-8 by construction), larger ones in fragments.
 async fn write_batch(ws: &mut WebSocket, frames: VecDeque<Frame>) -> Result<(), CloseReason> {
     for frame in frames {
-        let msg = match frame {
-            Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
-                Ok(text) => WsMessage::Text(text),
-                Err(_) => continue,
-            },
-            Frame::Binary(bytes) => WsMessage::Binary(bytes),
+        let (data, mut bytes) = match frame {
+            Frame::Text(bytes) => (Data::Text, bytes),
+            Frame::Binary(bytes) => (Data::Binary, bytes),
         };
-        ws.feed(msg).await.map_err(|_| CloseReason::Closed)?;
+        let mut opcode = OpCode::Data(data);
+        loop {
+            let chunk = bytes.split_to(bytes.len().min(FRAGMENT));
+            let last = bytes.is_empty();
+            let fragment = WsFrame::message(chunk, opcode, last);
+            ws.feed(WsMessage::Frame(fragment))
+                .await
+                .map_err(|_| CloseReason::Closed)?;
+            if last {
+                break;
+            }
+            opcode = OpCode::Data(Data::Continue);
+        }
     }
     ws.flush().await.map_err(|_| CloseReason::Closed)
 }
@@ -319,14 +403,14 @@ async fn close(ws: &mut WebSocket, reason: CloseReason) {
         return;
     }
     let frame = CloseFrame {
-        code: reason.code(),
+        code: CloseCode::from(reason.code()),
         reason: Utf8Bytes::from_static(""),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         if ws.send(WsMessage::Close(Some(frame))).await.is_err() {
             return;
         }
-        while let Some(Ok(msg)) = ws.recv().await {
+        while let Some(Ok(msg)) = ws.next().await {
             if matches!(msg, WsMessage::Close(_)) {
                 break;
             }
