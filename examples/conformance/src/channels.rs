@@ -222,7 +222,7 @@ impl Channel for Presence {
         ctx: &mut Context<Self>,
     ) -> HandleResult {
         match (event, payload) {
-            ("update_meta", Payload::Json(payload)) => {
+            ("update_meta", Payload::Json(payload)) if payload.is_object() => {
                 let device = match device_of(&payload) {
                     Ok(device) => device,
                     Err(reason) => return HandleResult::error(reason),
@@ -235,6 +235,9 @@ impl Channel for Presence {
             }
             ("update_meta", Payload::Binary(_)) => {
                 HandleResult::error(json!({"reason": "json payload expected"}))
+            }
+            ("update_meta", Payload::Json(_)) => {
+                HandleResult::error(json!({"reason": "payload must be an object"}))
             }
             _ => HandleResult::error(json!({"reason": "unknown event"})),
         }

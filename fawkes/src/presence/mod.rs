@@ -191,7 +191,10 @@ impl Presence {
     }
 
     /// [`list`](Self::list) as compact JSON, the payload of
-    /// `presence_state`; for large topics, encoded once until they change.
+    /// `presence_state`. Large topics are encoded once and shared until the
+    /// topic's next diff goes out, so with a batch window this may lag
+    /// `list` by up to one window (the diffs that follow bring a client up
+    /// to date).
     pub fn list_json(&self, topic: &str) -> bytes::Bytes {
         self.tracker.list_encoded(topic).as_bytes().clone()
     }

@@ -2,7 +2,7 @@
 //! their `phx_ref`, and the `presence_diff` of every change broadcast to the
 //! topic's local subscribers, at once or merged over a batch window.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -35,12 +35,34 @@ pub(crate) const PRESENCE_DIFF: &str = "presence_diff";
 
 struct Shard {
     state: State<Meta>,
-    /// Diffs waiting for the batch window, by topic, each in event order.
-    pending: HashMap<Arc<str>, Diff<Meta>>,
+    /// Diffs waiting for the batch window, by topic.
+    pending: HashMap<Arc<str>, Batch>,
     /// Encoded lists of large topics, dropped when the topic's next diff
     /// goes out (PROTOCOL §7.4: a list as of then plus the diffs after it
     /// is what a client converges on).
     snapshots: HashMap<Arc<str>, EncodedPayload>,
+}
+
+/// One topic's changes of a window, as one diff. Clients apply a diff's
+/// joins before its leaves, so an entry that joins and leaves within the
+/// window is in both and ends up gone; a leave and a later join of the same
+/// dot (a replica down then up) cannot share a diff.
+#[derive(Default)]
+struct Batch {
+    diff: Diff<Meta>,
+    left: HashSet<Dot>,
+}
+
+impl Batch {
+    fn add(&mut self, diff: Diff<Meta>) {
+        self.left.extend(diff.leaves.iter().map(|(d, _)| *d));
+        self.diff.joins.extend(diff.joins);
+        self.diff.leaves.extend(diff.leaves);
+    }
+
+    fn rejoins(&self, diff: &Diff<Meta>) -> bool {
+        !self.left.is_empty() && diff.joins.iter().any(|(d, _)| self.left.contains(d))
+    }
 }
 
 pub(crate) struct Tracker {
@@ -290,16 +312,28 @@ impl Tracker {
             return;
         }
         for (topic, diff) in by_topic(diff) {
+            if shard.pending.get(&topic).is_some_and(|b| b.rejoins(&diff))
+                && let Some(batch) = shard.pending.remove(&topic)
+            {
+                self.broadcast(shard, &topic, &batch.diff);
+            }
             let batching = self.config.diff_batch_window.is_some() && !self.cancel.is_cancelled();
             if batching && self.start_flusher() {
                 let first = shard.pending.is_empty();
-                let pending = shard.pending.entry(topic).or_default();
-                pending.joins.extend(diff.joins);
-                pending.leaves.extend(diff.leaves);
+                shard.pending.entry(topic).or_default().add(diff);
                 if first {
                     self.batch_started.notify_one();
                 }
             } else {
+                // What is still batched for the topic (at shutdown) goes
+                // first, in the same diff.
+                let diff = match shard.pending.remove(&topic) {
+                    Some(mut batch) => {
+                        batch.add(diff);
+                        batch.diff
+                    }
+                    None => diff,
+                };
                 self.broadcast(shard, &topic, &diff);
             }
         }
@@ -323,8 +357,8 @@ impl Tracker {
     fn flush(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            for (topic, diff) in std::mem::take(&mut shard.pending) {
-                self.broadcast(&mut shard, &topic, &diff);
+            for (topic, batch) in std::mem::take(&mut shard.pending) {
+                self.broadcast(&mut shard, &topic, &batch.diff);
             }
         }
     }
@@ -504,7 +538,54 @@ impl Serialize for Grouped<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::pubsub::{Broadcast, EncodedBroadcast, Subscriber};
+
+    #[derive(Default)]
+    struct Diffs(Mutex<Vec<Value>>);
+
+    impl Subscriber for Diffs {
+        fn deliver(&self, msg: &Arc<Broadcast>, _: &mut EncodedBroadcast) {
+            if let fawkes_protocol::Payload::Json(v) = &msg.payload {
+                self.0.lock().unwrap().push(v.clone());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_holds_a_leave_and_a_later_join_of_one_dot() {
+        let pubsub = PubSub::new();
+        let diffs = Arc::new(Diffs::default());
+        pubsub.subscribe("t", diffs.clone());
+        let config = PresenceConfig::default().diff_batch_window(Duration::from_secs(3600));
+        let tracker = Tracker::new(pubsub, config, TaskTracker::new(), CancellationToken::new());
+        tracker.track(1, "t", "ann", serde_json::json!({})).unwrap();
+        let mut shard = tracker.shard("t");
+        let entry = |shard: &Shard| {
+            let dot = shard.state.find(1, "t", "ann").unwrap();
+            (dot, shard.state.get(&dot).unwrap().clone())
+        };
+        // As a replica going down then up would report its entries.
+        let e = entry(&shard);
+        let leave = Diff {
+            joins: vec![],
+            leaves: vec![e.clone()],
+        };
+        let rejoin = Diff {
+            joins: vec![e],
+            leaves: vec![],
+        };
+        tracker.emit(&mut shard, leave);
+        assert!(diffs.0.lock().unwrap().is_empty(), "batched");
+        tracker.emit(&mut shard, rejoin);
+        let sent = diffs.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "the batch with the leave went out first");
+        assert!(sent[0]["leaves"]["ann"].is_object() && sent[0]["joins"]["ann"].is_object());
+        let batch = &shard.pending[&*Arc::<str>::from("t")];
+        assert_eq!((batch.diff.joins.len(), batch.diff.leaves.len()), (1, 0));
+    }
 
     #[test]
     fn phx_refs_are_16_url_safe_characters_unique_per_dot() {
