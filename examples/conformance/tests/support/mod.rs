@@ -568,6 +568,19 @@ impl WsClient {
         }
     }
 
+    /// Ends the connection abruptly: no close frame, and the TCP connection
+    /// is reset (`SO_LINGER` 0) rather than shut down.
+    pub fn reset(self) {
+        let ws = self
+            .sink
+            .reunite(self.stream)
+            .expect("sink and stream of one connection");
+        if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            tcp.set_zero_linger().expect("SO_LINGER 0");
+        }
+        drop(ws);
+    }
+
     /// Waits for a pong carrying `data` (other frames are an error).
     pub async fn expect_pong(&mut self, data: &[u8]) {
         match tokio::time::timeout(RECV_TIMEOUT, self.stream.next()).await {
