@@ -13,9 +13,9 @@ import path from "node:path"
 import { describe as suite } from "node:test"
 import { fileURLToPath } from "node:url"
 import WebSocket from "ws"
-import { Socket, LongPoll } from "phoenix"
+import { Socket, LongPoll, Presence } from "phoenix"
 
-export { WebSocket, Socket, LongPoll }
+export { WebSocket, Socket, LongPoll, Presence }
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 export const INTEROP_DIR = path.resolve(HERE, "..")
