@@ -303,11 +303,14 @@ impl Session {
     ) -> Result<Ref, Failure> {
         let ref_ = Value::String(self.next_ref.to_string());
         self.next_ref += 1;
-        let ws_msg = match encode(join_ref, ref_.clone(), topic, event, payload)? {
-            Frame::Text(bytes) => WsMessage::Text(
-                Utf8Bytes::try_from(bytes).map_err(|e| Failure::new(FailureKind::Closed, e))?,
-            ),
-            Frame::Binary(bytes) => WsMessage::Binary(bytes),
+        let frame = encode(join_ref, ref_.clone(), topic, event, payload)?;
+        let ws_msg = if frame.is_text() {
+            WsMessage::Text(
+                Utf8Bytes::try_from(frame.to_bytes())
+                    .map_err(|e| Failure::new(FailureKind::Closed, e))?,
+            )
+        } else {
+            WsMessage::Binary(frame.to_bytes())
         };
         self.ws
             .send(ws_msg)

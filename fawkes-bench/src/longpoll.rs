@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use fawkes_protocol::{Frame, Message, events};
+use fawkes_protocol::{Message, events};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, RequestBuilder, Url};
 use serde_json::{Value, json};
@@ -134,18 +134,17 @@ impl LongPoll {
     pub async fn join(&mut self, topic: &str) -> Result<Duration, Failure> {
         let ref_ = Value::String(self.next_ref.to_string());
         self.next_ref += 1;
-        let line = match encode(
+        let frame = encode(
             Some(ref_.clone()),
             ref_.clone(),
             topic,
             events::JOIN,
             json!({}),
-        )? {
-            Frame::Text(bytes) => bytes,
-            Frame::Binary(_) => {
-                return Err(Failure::new(FailureKind::Closed, "join encoded as binary"));
-            }
-        };
+        )?;
+        if !frame.is_text() {
+            return Err(Failure::new(FailureKind::Closed, "join encoded as binary"));
+        }
+        let line = frame.to_bytes();
         let post = post(
             self.http
                 .post(self.url.clone())

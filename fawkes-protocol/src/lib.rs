@@ -30,5 +30,5 @@ mod message;
 mod serializer;
 
 pub use error::{DecodeError, EncodeError, VsnError};
-pub use message::{EncodedPayload, Frame, Message, Payload, Ref, Reply, events};
+pub use message::{EncodedPayload, Frame, Message, Payload, Ref, Reply, SharedText, events};
 pub use serializer::Serializer;

@@ -93,7 +93,7 @@ impl From<Vec<u8>> for Payload {
 /// let payload = EncodedPayload::from_serialize(&json!({"42": {"metas": []}})).unwrap();
 /// let frame = Serializer::V2.encode_push_encoded(Some(&json!("3")), "presence:lobby", "presence_state", &payload);
 /// assert_eq!(
-///     frame.bytes().as_ref(),
+///     frame.to_bytes().as_ref(),
 ///     br#"["3",null,"presence:lobby","presence_state",{"42":{"metas":[]}}]"#
 /// );
 /// ```
@@ -174,23 +174,52 @@ pub enum Frame {
     Text(Bytes),
     /// A binary frame (V2 only).
     Binary(Bytes),
+    /// A text frame whose large payload is shared with other frames rather
+    /// than copied into each (see [`Serializer::encode_push_encoded`](crate::Serializer::encode_push_encoded)).
+    SharedText(Box<SharedText>),
+}
+
+/// The parts of a [`Frame::SharedText`]: its own head, the shared payload,
+/// its tail. Each part is valid UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedText([Bytes; 3]);
+
+impl SharedText {
+    /// A frame made of `head`, `body` and `tail`, in that order.
+    pub fn new(head: Bytes, body: Bytes, tail: Bytes) -> Self {
+        SharedText([head, body, tail])
+    }
 }
 
 impl Frame {
-    /// The encoded bytes, whatever the kind.
-    pub fn bytes(&self) -> &Bytes {
+    /// The frame's bytes, in order: one part, or three for a shared text.
+    pub fn parts(&self) -> &[Bytes] {
         match self {
-            Frame::Text(b) | Frame::Binary(b) => b,
+            Frame::Text(b) | Frame::Binary(b) => std::slice::from_ref(b),
+            Frame::SharedText(s) => &s.0,
         }
+    }
+
+    /// The frame's bytes in one piece (a copy only for a shared text).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts() {
+            [one] => one.clone(),
+            parts => Bytes::from(parts.concat()),
+        }
+    }
+
+    /// Whether this is a text frame.
+    pub fn is_text(&self) -> bool {
+        !matches!(self, Frame::Binary(_))
     }
 
     /// The frame's length in bytes.
     pub fn len(&self) -> usize {
-        self.bytes().len()
+        self.parts().iter().map(Bytes::len).sum()
     }
 
     /// Whether the frame is empty (never true for an encoded message).
     pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
+        self.len() == 0
     }
 }

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::{
-    DecodeError, EncodeError, EncodedPayload, Frame, Message, Payload, Ref, Reply, VsnError,
-    binary, events,
+    DecodeError, EncodeError, EncodedPayload, Frame, Message, Payload, Ref, Reply, SharedText,
+    VsnError, binary, events,
 };
 
 /// A serializer version, chosen per socket by the `vsn` query parameter.
@@ -173,8 +173,10 @@ impl Serializer {
     }
 
     /// Encodes a push whose JSON payload was serialized ahead of time: the
-    /// same text frame [`encode_push`](Self::encode_push) writes for that
-    /// payload, with no ref.
+    /// same text as [`encode_push`](Self::encode_push) writes for that
+    /// payload, with no ref. A large payload is not copied: the frame is a
+    /// [`Frame::SharedText`] holding it, so pushing it to many clients costs
+    /// each of them a few dozen bytes.
     pub fn encode_push_encoded(
         self,
         join_ref: Option<&Ref>,
@@ -182,9 +184,21 @@ impl Serializer {
         event: &str,
         payload: &EncodedPayload,
     ) -> Frame {
-        self.text_frame(join_ref, None, topic, event, |buf| {
-            buf.extend_from_slice(payload.as_bytes())
-        })
+        let body = payload.as_bytes();
+        if body.len() < SHARE_MIN_BYTES {
+            return self.text_frame(join_ref, None, topic, event, |buf| {
+                buf.extend_from_slice(body)
+            });
+        }
+        let mut head = Vec::with_capacity(TEXT_FRAME_OVERHEAD + topic.len() + event.len());
+        self.write_head(&mut head, join_ref, None, topic, event);
+        let mut tail = Vec::with_capacity(16);
+        self.write_tail(&mut tail, None);
+        Frame::SharedText(Box::new(SharedText::new(
+            Bytes::from(head),
+            body.clone(),
+            Bytes::from(tail),
+        )))
     }
 
     /// Fails unless this version has binary frames (V1 has none).
@@ -208,36 +222,60 @@ impl Serializer {
         payload: impl FnOnce(&mut Vec<u8>),
     ) -> Frame {
         let mut buf = Vec::with_capacity(TEXT_FRAME_OVERHEAD + topic.len() + event.len());
+        self.write_head(&mut buf, join_ref, ref_, topic, event);
+        payload(&mut buf);
+        self.write_tail(&mut buf, ref_);
+        Frame::Text(Bytes::from(buf))
+    }
+
+    /// What precedes the payload in a text frame.
+    fn write_head(
+        self,
+        buf: &mut Vec<u8>,
+        join_ref: Option<&Ref>,
+        ref_: Option<&Ref>,
+        topic: &str,
+        event: &str,
+    ) {
         match self {
             Serializer::V1 => {
                 // PROTOCOL §2.1: exactly these four keys; join_ref is never sent.
                 buf.extend_from_slice(br#"{"topic":"#);
-                write_str(&mut buf, topic);
+                write_str(buf, topic);
                 buf.extend_from_slice(br#","event":"#);
-                write_str(&mut buf, event);
+                write_str(buf, event);
                 buf.extend_from_slice(br#","payload":"#);
-                payload(&mut buf);
-                buf.extend_from_slice(br#","ref":"#);
-                write_ref(&mut buf, ref_);
-                buf.push(b'}');
             }
             Serializer::V2 => {
                 buf.push(b'[');
-                write_ref(&mut buf, join_ref);
+                write_ref(buf, join_ref);
                 buf.push(b',');
-                write_ref(&mut buf, ref_);
+                write_ref(buf, ref_);
                 buf.push(b',');
-                write_str(&mut buf, topic);
+                write_str(buf, topic);
                 buf.push(b',');
-                write_str(&mut buf, event);
+                write_str(buf, event);
                 buf.push(b',');
-                payload(&mut buf);
-                buf.push(b']');
             }
         }
-        Frame::Text(Bytes::from(buf))
+    }
+
+    /// What follows the payload in a text frame (V1 writes the ref here).
+    fn write_tail(self, buf: &mut Vec<u8>, ref_: Option<&Ref>) {
+        match self {
+            Serializer::V1 => {
+                buf.extend_from_slice(br#","ref":"#);
+                write_ref(buf, ref_);
+                buf.push(b'}');
+            }
+            Serializer::V2 => buf.push(b']'),
+        }
     }
 }
+
+/// Pre-encoded payloads at least this long are shared, not copied, by the
+/// frames that carry them.
+const SHARE_MIN_BYTES: usize = 4096;
 
 /// Initial room in a text frame buffer beyond topic and event: the fixed
 /// syntax, two short refs and a small payload fit without growing.
@@ -1184,6 +1222,25 @@ mod tests {
                     s.encode_push_encoded(join_ref.as_ref(), &topic, &event, &encoded),
                     s.encode_push(&m).unwrap()
                 );
+            }
+        }
+
+        #[test]
+        fn large_pre_encoded_pushes_share_their_payload(
+            join_ref in opt_ref(),
+            topic in "\\PC{0,16}",
+            filler in "\\PC{4096,4200}",
+        ) {
+            let payload = serde_json::json!({"filler": filler});
+            let encoded = EncodedPayload::from_serialize(&payload).unwrap();
+            let m = msg(join_ref.clone(), None, &topic, "presence_state", payload);
+            for s in [V1, V2] {
+                let frame = s.encode_push_encoded(join_ref.as_ref(), &topic, "presence_state", &encoded);
+                let Frame::SharedText(_) = &frame else { panic!("not shared: {frame:?}") };
+                prop_assert!(frame.is_text());
+                prop_assert_eq!(frame.parts()[1].as_ptr(), encoded.as_bytes().as_ptr());
+                prop_assert_eq!(frame.to_bytes(), s.encode_push(&m).unwrap().to_bytes());
+                prop_assert_eq!(frame.len(), frame.to_bytes().len());
             }
         }
 

@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(b.0.lock().unwrap().len(), 2);
         let frames = b.0.lock().unwrap();
         assert_eq!(
-            frames[0].1.as_ref().unwrap().bytes().as_ref(),
+            frames[0].1.as_ref().unwrap().to_bytes().as_ref(),
             br#"[null,null,"t","e1",{}]"#
         );
     }
@@ -324,7 +324,7 @@ mod tests {
         let f1 = enc.frame(Serializer::V2, &msg).unwrap();
         let f2 = enc.frame(Serializer::V2, &msg).unwrap();
         // Same allocation: the second call reuses the first encoding.
-        assert_eq!(f1.bytes().as_ptr(), f2.bytes().as_ptr());
+        assert_eq!(f1.parts()[0].as_ptr(), f2.parts()[0].as_ptr());
     }
 
     #[test]

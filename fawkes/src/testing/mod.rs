@@ -317,7 +317,11 @@ impl TestSocket {
             let mut got = false;
             for frame in batch.frames {
                 match frame {
-                    Frame::Text(bytes) => {
+                    Frame::Binary(bytes) => {
+                        panic!("binary frames are not supported by TestSocket yet: {bytes:?}")
+                    }
+                    text => {
+                        let bytes = text.to_bytes();
                         let text = String::from_utf8_lossy(&bytes);
                         match Serializer::V2.decode_text(&text) {
                             Ok(msg) => {
@@ -326,9 +330,6 @@ impl TestSocket {
                             }
                             Err(err) => panic!("server sent an undecodable frame ({err}): {text}"),
                         }
-                    }
-                    Frame::Binary(bytes) => {
-                        panic!("binary frames are not supported by TestSocket yet: {bytes:?}")
                     }
                 }
             }

@@ -15,6 +15,7 @@
 //! broadcast for a LongPoll socket is dropped and logged. Channels that send
 //! binary should check [`Context::transport`](crate::Context::transport).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -192,15 +193,18 @@ fn status_answer(status: u16) -> Response {
 struct PollAnswer<'a> {
     status: u16,
     token: &'a str,
-    messages: Vec<&'a str>,
+    messages: Vec<Cow<'a, str>>,
 }
 
 fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Response {
+    // Our serializers only produce UTF-8 text frames.
     let messages = frames
         .iter()
         .filter_map(|frame| match frame {
-            // Our serializers only produce UTF-8 text frames.
-            Frame::Text(bytes) => std::str::from_utf8(bytes).ok(),
+            Frame::Text(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+            Frame::SharedText(_) => String::from_utf8(frame.to_bytes().to_vec())
+                .ok()
+                .map(Cow::Owned),
             Frame::Binary(_) => None,
         })
         .collect();
@@ -220,7 +224,7 @@ fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Response {
 fn take_text_frames(shared: &SocketShared) -> VecDeque<Frame> {
     let mut frames = shared.take_frames();
     let before = frames.len();
-    frames.retain(|f| matches!(f, Frame::Text(_)));
+    frames.retain(Frame::is_text);
     if frames.len() < before {
         tracing::warn!(target: "fawkes::transport", socket_id = shared.id.as_deref(), dropped = before - frames.len(), "binary frames cannot be sent over longpoll, dropped");
     }

@@ -370,28 +370,42 @@ fn classify(err: tungstenite::Error) -> CloseReason {
 
 /// Writes every queued frame and flushes once: one write for the batch
 /// instead of one per frame. Frames are handed over as they are (text
-/// frames are UTF-8 by construction), larger ones in fragments.
+/// frames are UTF-8 by construction), larger ones in fragments, and the
+/// shared payload of a [`Frame::SharedText`] without being copied first.
 async fn write_batch(ws: &mut WebSocket, frames: VecDeque<Frame>) -> Result<(), CloseReason> {
     for frame in frames {
-        let (data, mut bytes) = match frame {
-            Frame::Text(bytes) => (Data::Text, bytes),
-            Frame::Binary(bytes) => (Data::Binary, bytes),
-        };
-        let mut opcode = OpCode::Data(data);
-        loop {
-            let chunk = bytes.split_to(bytes.len().min(FRAGMENT));
-            let last = bytes.is_empty();
-            let fragment = WsFrame::message(chunk, opcode, last);
-            ws.feed(WsMessage::Frame(fragment))
-                .await
-                .map_err(|_| CloseReason::Closed)?;
-            if last {
-                break;
-            }
-            opcode = OpCode::Data(Data::Continue);
-        }
+        write_frame(ws, &frame)
+            .await
+            .map_err(|_| CloseReason::Closed)?;
     }
     ws.flush().await.map_err(|_| CloseReason::Closed)
+}
+
+/// Feeds one frame: its parts in fragments of at most [`FRAGMENT`] bytes,
+/// the first with the frame's opcode, the last final.
+async fn write_frame(ws: &mut WebSocket, frame: &Frame) -> Result<(), tungstenite::Error> {
+    let mut opcode = OpCode::Data(if frame.is_text() {
+        Data::Text
+    } else {
+        Data::Binary
+    });
+    let mut left = frame.len();
+    if left == 0 {
+        let empty = WsFrame::message(bytes::Bytes::new(), opcode, true);
+        return ws.feed(WsMessage::Frame(empty)).await;
+    }
+    for part in frame.parts() {
+        let mut at = 0;
+        while at < part.len() {
+            let end = part.len().min(at + FRAGMENT);
+            left -= end - at;
+            let fragment = WsFrame::message(part.slice(at..end), opcode, left == 0);
+            ws.feed(WsMessage::Frame(fragment)).await?;
+            opcode = OpCode::Data(Data::Continue);
+            at = end;
+        }
+    }
+    Ok(())
 }
 
 /// Sends the close frame and waits briefly for the client's, so that unread
