@@ -7,6 +7,7 @@
 //! ```text
 //! fawkes-bench connect --connections 10000 --server-pid "$(pgrep -n fawkes-conformance)"
 //! fawkes-bench connect --transport longpoll --url http://127.0.0.1:4000/socket/longpoll
+//! fawkes-bench presence --clients 10000 --rate 1000 --server-pid "$(pgrep -n fawkes-conformance)"
 //! ```
 //!
 //! Every run stops by itself: scenarios hold their connections for a set
@@ -17,6 +18,7 @@ mod connect;
 mod latency;
 mod longpoll;
 mod measure;
+mod presence;
 
 use std::process::ExitCode;
 
@@ -41,6 +43,10 @@ enum Command {
     /// Open idle connections, each joined to one topic, and measure the
     /// server's memory per connection.
     Connect(connect::Args),
+    /// A join storm into one presence topic: every client keeps the
+    /// topic's presence list; measures the bytes, frames and server CPU
+    /// until every client has the full list.
+    Presence(presence::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Connect(args) => connect::run(args).await.map(drop),
+            Command::Presence(args) => presence::run(args).await.map(drop),
         }
     });
     // Connections still closing must not delay the exit.

@@ -30,13 +30,26 @@ impl Process {
     ///
     /// No such process, or a `status` file without `VmRSS`.
     pub fn rss_kib(self) -> Result<u64, String> {
+        self.status_kib("VmRSS")
+    }
+
+    /// Peak resident memory since the process started (`VmHWM`), in KiB.
+    ///
+    /// # Errors
+    ///
+    /// No such process, or a `status` file without `VmHWM`.
+    pub fn peak_rss_kib(self) -> Result<u64, String> {
+        self.status_kib("VmHWM")
+    }
+
+    fn status_kib(self, field: &str) -> Result<u64, String> {
         let path = self.path("status");
         let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| format!("{path}: no VmRSS"))
+            .ok_or_else(|| format!("{path}: no {field}"))
     }
 
     /// CPU time used so far (user + system, all threads), in milliseconds.
@@ -86,10 +99,15 @@ impl Process {
 /// or does not answer within 5 s: the readings are a cross-check, not
 /// required.
 pub async fn app_stats(addr: SocketAddr) -> Option<Value> {
+    app_json(addr, "/api/stats").await
+}
+
+/// The JSON answer of the conformance app's `GET path` (e.g.
+/// `/api/presence/TOPIC`), as [`app_stats`] reads it.
+pub async fn app_json(addr: SocketAddr, path: &str) -> Option<Value> {
     let fetch = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request =
-            format!("GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
@@ -114,6 +132,7 @@ mod tests {
     fn reads_own_process() {
         let me = Process(None);
         assert!(me.rss_kib().unwrap() > 0);
+        assert!(me.peak_rss_kib().unwrap() >= me.rss_kib().unwrap() / 2);
         assert!(me.cpu_ms().is_ok());
         assert!(me.open_files_limit().unwrap() > 0);
         assert!(me.open_files().unwrap() >= 3);
