@@ -209,6 +209,30 @@ impl Failure {
 ///
 /// [`FailureKind::Closed`] if it does not encode (never for the messages
 /// scenarios send).
+/// Spawns `start(i)` on `tracker` for each i in 0..n, `rate` per second,
+/// until `stop`. Due times count from the start, not from the previous
+/// spawn: timer granularity (1 ms) then costs no rate, only batches of a few.
+pub async fn spawn_at_rate<F, Fut>(
+    n: usize,
+    rate: f64,
+    stop: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    start: F,
+) where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let begin = tokio::time::Instant::now();
+    for i in 0..n {
+        let due = begin + std::time::Duration::from_secs_f64(i as f64 / rate);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        tracker.spawn(start(i));
+    }
+}
+
 pub fn encode(
     join_ref: Option<Ref>,
     ref_: Ref,

@@ -18,10 +18,10 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_unti
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Failure, FailureKind, Session, Sources, Target, Transport};
+use crate::client::{Failure, FailureKind, Session, Sources, Target, Transport, spawn_at_rate};
 use crate::latency::Latencies;
 use crate::longpoll::{HttpClients, LongPoll};
-use crate::measure::{Process, app_stats};
+use crate::measure::{Process, app_stats, check_file_limits};
 
 /// Options of the `connect` scenario.
 #[derive(clap::Args, Debug)]
@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let transport = args.transport;
     let url = args.url.as_deref().unwrap_or(transport.default_url());
     let target = Target::resolve(url, transport).await?;
-    check_file_limits(&args)?;
+    check_file_limits(args.connections, args.server_pid)?;
     let server = args.server_pid.map(|pid| Process(Some(pid)));
     let me = Process(None);
     let rss_before = server.map(Process::rss_kib).transpose()?;
@@ -207,13 +207,15 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let start = Instant::now();
-    tokio::spawn(open_all(
+    tokio::spawn(spawn_at_rate(
         n,
         args.rate,
-        ctx.clone(),
-        tx,
         stop.clone(),
         tracker.clone(),
+        {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            move |i| connection(i, ctx.clone(), tx.clone(), stop.clone())
+        },
     ));
 
     // Every task reports within its step timeouts; the deadline only guards
@@ -383,53 +385,6 @@ pub async fn run(args: Args) -> Result<Value, String> {
 /// leaves it empty in the report rather than losing the report.
 fn reading(r: Result<u64, String>) -> Option<u64> {
     r.map_err(|e| eprintln!("warning: {e}")).ok()
-}
-
-/// Refuses a run this process cannot hold open, and warns when the server
-/// may not.
-fn check_file_limits(args: &Args) -> Result<(), String> {
-    // One per connection (for LongPoll: its pending poll; posts borrow
-    // pooled connections that polls reuse), and a few for the runtime,
-    // stdio and the stats requests.
-    let need = args.connections as u64 + 64;
-    if let Some(limit) = Process(None).open_files_limit()
-        && limit < need
-    {
-        return Err(format!(
-            "{} connections need about {need} open files, but this process may open {limit}: \
-             raise `ulimit -n`, or split the load over several fawkes-bench processes",
-            args.connections
-        ));
-    }
-    if let Some(pid) = args.server_pid
-        && let Some(limit) = Process(Some(pid)).open_files_limit()
-        && limit < need
-    {
-        eprintln!("warning: the server may open only {limit} files; connections beyond that fail");
-    }
-    Ok(())
-}
-
-/// Starts connection tasks at `rate` per second.
-async fn open_all(
-    n: usize,
-    rate: f64,
-    ctx: Arc<Ctx>,
-    tx: mpsc::UnboundedSender<Event>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let start = Instant::now();
-    for i in 0..n {
-        // Due times from the start, not from the previous spawn: timer
-        // granularity (1 ms) then costs no rate, only batches of a few.
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = sleep_until(due) => {}
-        }
-        tracker.spawn(connection(i, ctx.clone(), tx.clone(), stop.clone()));
-    }
 }
 
 /// One connection: connect, join, then idle until `stop`.

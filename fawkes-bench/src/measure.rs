@@ -98,6 +98,28 @@ impl Process {
 /// "channels": N, "node": NAME}`. `None` when the server has no such route
 /// or does not answer within 5 s: the readings are a cross-check, not
 /// required.
+/// Refuses a run of `clients` connections this process cannot hold open
+/// (one file each, and a few for the runtime, stdio and the stats
+/// requests), and warns when the server may not.
+pub fn check_file_limits(clients: usize, server_pid: Option<u32>) -> Result<(), String> {
+    let need = clients as u64 + 64;
+    if let Some(limit) = Process(None).open_files_limit()
+        && limit < need
+    {
+        return Err(format!(
+            "{clients} connections need about {need} open files, but this process may open {limit}: \
+             raise `ulimit -n`, or split the load over several fawkes-bench processes"
+        ));
+    }
+    if let Some(pid) = server_pid
+        && let Some(limit) = Process(Some(pid)).open_files_limit()
+        && limit < need
+    {
+        eprintln!("warning: the server may open only {limit} files; connections beyond that fail");
+    }
+    Ok(())
+}
+
 pub async fn app_stats(addr: SocketAddr) -> Option<Value> {
     app_json(addr, "/api/stats").await
 }

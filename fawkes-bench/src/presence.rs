@@ -38,9 +38,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Failure, FailureKind, Sources, Target, Transport};
+use crate::client::{Failure, FailureKind, Sources, Target, Transport, spawn_at_rate};
 use crate::latency::Latencies;
-use crate::measure::{Process, app_json};
+use crate::measure::{Process, app_json, check_file_limits};
 
 /// Options of the `presence` scenario.
 #[derive(clap::Args, Debug)]
@@ -993,7 +993,7 @@ pub async fn run(args: Args) -> Result<Value, String> {
         return Err("--clients must be at least 1".into());
     }
     let target = Target::resolve(&args.url, Transport::WebSocket).await?;
-    check_file_limits(&args)?;
+    check_file_limits(args.clients, args.server_pid)?;
     let server = args.server_pid.map(|pid| Process(Some(pid)));
     let me = Process(None);
     let n = args.clients;
@@ -1022,13 +1022,15 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let start = Instant::now();
-    tokio::spawn(start_all(
+    tokio::spawn(spawn_at_rate(
         n,
         args.rate,
-        ctx.clone(),
-        tx,
         stop.clone(),
         tracker.clone(),
+        {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            move |i| client(i, ctx.clone(), tx.clone(), stop.clone())
+        },
     ));
 
     let ramp = Duration::from_secs_f64(n as f64 / args.rate);
@@ -1253,49 +1255,6 @@ pub async fn run(args: Args) -> Result<Value, String> {
 /// leaves it empty in the report rather than losing the report.
 fn reading(r: Result<u64, String>) -> Option<u64> {
     r.map_err(|e| eprintln!("warning: {e}")).ok()
-}
-
-/// Refuses a run this process cannot hold open, and warns when the server
-/// may not.
-fn check_file_limits(args: &Args) -> Result<(), String> {
-    let need = args.clients as u64 + 64;
-    if let Some(limit) = Process(None).open_files_limit()
-        && limit < need
-    {
-        return Err(format!(
-            "{} clients need about {need} open files, but this process may open {limit}: \
-             raise `ulimit -n`",
-            args.clients
-        ));
-    }
-    if let Some(pid) = args.server_pid
-        && let Some(limit) = Process(Some(pid)).open_files_limit()
-        && limit < need
-    {
-        eprintln!("warning: the server may open only {limit} files; connections beyond that fail");
-    }
-    Ok(())
-}
-
-/// Starts client tasks at `rate` per second.
-async fn start_all(
-    n: usize,
-    rate: f64,
-    ctx: Arc<Ctx>,
-    tx: mpsc::UnboundedSender<Event>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let start = Instant::now();
-    for i in 0..n {
-        // Due times from the start, as in `connect`.
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = sleep_until(due) => {}
-        }
-        tracker.spawn(client(i, ctx.clone(), tx.clone(), stop.clone()));
-    }
 }
 
 /// One client: connect, join, keep the view until `stop`.

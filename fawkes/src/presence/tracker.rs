@@ -191,18 +191,9 @@ impl Tracker {
         meta: impl Serialize,
     ) -> Result<String, PresenceError> {
         let meta = self.user_meta(meta)?;
-        let mut shard = self.shard(topic);
-        let diff = shard
-            .state
-            .add(topic, owner, key, |dot| encode_meta(meta, dot, None))
-            .map_err(conflict)?;
-        let phx_ref = diff
-            .joins
-            .first()
-            .map(|(d, _)| phx_ref(*d))
-            .unwrap_or_default();
-        self.emit(&mut shard, diff);
-        Ok(phx_ref)
+        self.change(topic, |state| {
+            state.add(topic, owner, key, |dot| encode_meta(meta, dot, None))
+        })
     }
 
     pub(crate) fn update(
@@ -213,13 +204,22 @@ impl Tracker {
         meta: impl Serialize,
     ) -> Result<String, PresenceError> {
         let meta = self.user_meta(meta)?;
-        let mut shard = self.shard(topic);
-        let diff = shard
-            .state
-            .update(owner, topic, key, |_, old, new| {
+        self.change(topic, |state| {
+            state.update(owner, topic, key, |_, old, new| {
                 encode_meta(meta, new, Some(old))
             })
-            .map_err(conflict)?;
+        })
+    }
+
+    /// Applies a local change to `topic`'s shard and emits its diff; the
+    /// `phx_ref` of the entry it added.
+    fn change(
+        &self,
+        topic: &str,
+        op: impl FnOnce(&mut State<Meta>) -> Result<Diff<Meta>, Conflict>,
+    ) -> Result<String, PresenceError> {
+        let mut shard = self.shard(topic);
+        let diff = op(&mut shard.state).map_err(conflict)?;
         let phx_ref = diff
             .joins
             .first()
