@@ -266,3 +266,66 @@ async fn sessions_beyond_max_sessions_are_refused_until_one_ends() {
     server.wait_stats(0, 0).await;
     Lp::open(server.addr, "").await;
 }
+
+/// Pushes its topic's presence list on join.
+#[derive(Clone)]
+struct Lobby;
+
+impl fawkes::Channel for Lobby {
+    type Info = ();
+
+    async fn join(
+        &mut self,
+        _topic: &str,
+        _payload: Value,
+        ctx: &mut fawkes::Context<Self>,
+    ) -> Result<Value, Value> {
+        ctx.push_presence_state();
+        Ok(json!({}))
+    }
+
+    async fn handle_in(
+        &mut self,
+        _event: &str,
+        _payload: fawkes::Payload,
+        _ctx: &mut fawkes::Context<Self>,
+    ) -> fawkes::HandleResult {
+        fawkes::HandleResult::NoReply
+    }
+}
+
+#[tokio::test]
+async fn a_large_presence_list_arrives_whole_over_both_transports() {
+    let (obs, _seer) = observer();
+    let server = serve_probe(&obs, |s| s.channel("lobby:*", Lobby).longpoll(lp(5000))).await;
+    let owner = server.endpoint.presence().owner();
+    for i in 0..200 {
+        let meta = json!({"bio": "é".repeat(20)});
+        owner
+            .track("lobby:big", &format!("user-{i}"), meta)
+            .unwrap();
+    }
+    let list = server.endpoint.presence().list_json("lobby:big");
+    // Large enough for its frames to share it rather than copy it.
+    assert!(list.len() > 8192, "{} bytes", list.len());
+    let list: Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(list.as_object().map(|m| m.len()), Some(200));
+
+    let client = Lp::open(server.addr, "").await;
+    client
+        .post(&[line(json!(["1", "1", "lobby:big", "phx_join", {}]))])
+        .await;
+    let messages = client.messages(2).await;
+    assert_eq!(messages[0][3], "phx_reply");
+    assert_eq!(
+        messages[1],
+        json!(["1", null, "lobby:big", "presence_state", list])
+    );
+
+    let mut ws = server.client().await;
+    let join_ref = ws.join("lobby:big", json!({})).await;
+    assert_eq!(
+        ws.recv().await,
+        json!([join_ref, null, "lobby:big", "presence_state", list])
+    );
+}

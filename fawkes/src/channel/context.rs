@@ -9,12 +9,12 @@ use fawkes_protocol::{Frame, Message, Payload, Ref};
 
 use super::server::{ChannelCore, ChannelMsg};
 use super::{Channel, ChannelError, Reply, valid_payload};
-
-/// The event of a full presence list (PROTOCOL §7.2).
-const PRESENCE_STATE: &str = "presence_state";
 use crate::presence::ChannelPresence;
 use crate::pubsub::PubSub;
 use crate::socket::{Assigns, Transport};
+
+/// The event of a full presence list (PROTOCOL §7.2).
+const PRESENCE_STATE: &str = "presence_state";
 
 /// The handle a channel's callbacks receive: the topic, the socket's assigns,
 /// and the ways to reach the client and the topic's other subscribers.
