@@ -209,6 +209,23 @@ impl Failure {
 ///
 /// [`FailureKind::Closed`] if it does not encode (never for the messages
 /// scenarios send).
+/// `connect 0, handshake 2, …`: the count and the first error of each kind
+/// of failure seen, or `none`.
+pub fn describe_failures(failures: &[Failure]) -> String {
+    let mut parts = Vec::new();
+    for kind in FailureKind::ALL {
+        if let Some(first) = failures.iter().find(|f| f.kind == kind) {
+            let n = failures.iter().filter(|f| f.kind == kind).count();
+            parts.push(format!("{} {n} (first: {})", kind.name(), first.detail));
+        }
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// Spawns `start(i)` on `tracker` for each i in 0..n, `rate` per second,
 /// until `stop`. Due times count from the start, not from the previous
 /// spawn: timer granularity (1 ms) then costs no rate, only batches of a few.

@@ -18,7 +18,9 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_unti
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Failure, FailureKind, Session, Sources, Target, Transport, spawn_at_rate};
+use crate::client::{
+    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures, spawn_at_rate,
+};
 use crate::latency::Latencies;
 use crate::longpoll::{HttpClients, LongPoll};
 use crate::measure::{Process, app_stats, check_file_limits};
@@ -133,26 +135,6 @@ impl Tally {
                 },
                 _ = sleep_until(until) => return,
             }
-        }
-    }
-
-    fn count(failures: &[Failure], kind: FailureKind) -> usize {
-        failures.iter().filter(|f| f.kind == kind).count()
-    }
-
-    /// `connect 0, handshake 2, …` and the first error of each kind seen.
-    fn describe(failures: &[Failure]) -> String {
-        let mut parts = Vec::new();
-        for kind in FailureKind::ALL {
-            if let Some(first) = failures.iter().find(|f| f.kind == kind) {
-                let n = Self::count(failures, kind);
-                parts.push(format!("{} {n} (first: {})", kind.name(), first.detail));
-            }
-        }
-        if parts.is_empty() {
-            "none".to_owned()
-        } else {
-            parts.join("; ")
         }
     }
 }
@@ -303,9 +285,12 @@ pub async fn run(args: Args) -> Result<Value, String> {
         "joined    {} of {n} in {:.1} s; failed: {}",
         tally.joined,
         ramp_took.as_secs_f64(),
-        Tally::describe(&tally.failed)
+        describe_failures(&tally.failed)
     );
-    println!("dropped   while idle: {}", Tally::describe(&tally.dropped));
+    println!(
+        "dropped   while idle: {}",
+        describe_failures(&tally.dropped)
+    );
     let connect_label = match transport {
         Transport::WebSocket => "connect",
         Transport::LongPoll => "open",

@@ -38,7 +38,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Failure, FailureKind, Sources, Target, Transport, spawn_at_rate};
+use crate::client::{
+    Failure, FailureKind, Sources, Target, Transport, describe_failures, spawn_at_rate,
+};
 use crate::latency::Latencies;
 use crate::measure::{Process, app_json, check_file_limits};
 
@@ -959,22 +961,6 @@ impl Tally {
             .filter(|f| f.detail.starts_with("server closed: 1013"))
             .count()
     }
-
-    /// `connect 0, handshake 2, …` and the first error of each kind seen.
-    fn describe(failures: &[Failure]) -> String {
-        let mut parts = Vec::new();
-        for kind in FailureKind::ALL {
-            if let Some(first) = failures.iter().find(|f| f.kind == kind) {
-                let n = failures.iter().filter(|f| f.kind == kind).count();
-                parts.push(format!("{} {n} (first: {})", kind.name(), first.detail));
-            }
-        }
-        if parts.is_empty() {
-            "none".to_owned()
-        } else {
-            parts.join("; ")
-        }
-    }
 }
 
 /// Runs the scenario, prints its summary and JSON line, and returns the
@@ -1139,12 +1125,12 @@ pub async fn run(args: Args) -> Result<Value, String> {
     println!(
         "joined    {} of {n}; failed: {}",
         tally.joined,
-        Tally::describe(&tally.failed)
+        describe_failures(&tally.failed)
     );
     println!(
         "dropped   {}: {} (slow-client closes, 1013: {})",
         tally.dropped.len(),
-        Tally::describe(&tally.dropped),
+        describe_failures(&tally.dropped),
         tally.slow_client_closes()
     );
     println!(
