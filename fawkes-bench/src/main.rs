@@ -13,11 +13,15 @@
 //! Every run stops by itself: scenarios hold their connections for a set
 //! time and give up on anything that does not answer within a timeout.
 
+mod churn;
 mod client;
 mod connect;
+mod fanout;
+mod inprocess;
 mod latency;
 mod longpoll;
 mod measure;
+mod pingpong;
 mod presence;
 
 use std::process::ExitCode;
@@ -47,6 +51,19 @@ enum Command {
     /// topic's presence list; measures the bytes, frames and server CPU
     /// until every client has the full list.
     Presence(presence::Args),
+    /// Broadcasts to many subscribers of one topic; delivery latency from
+    /// each send to each receipt, and server CPU per delivery.
+    Fanout(fanout::Args),
+    /// Clients keeping pushes in flight; replies per second, latency and
+    /// server CPU per reply.
+    Pingpong(pingpong::Args),
+    /// Connect, join, push, leave and disconnect in a loop; cycles per
+    /// second, server CPU per cycle, and a leak check against /api/stats.
+    Churn(churn::Args),
+    /// The real `fawkes` sockets and channels over in-memory transports,
+    /// in this process: memory per socket and broadcast time at a million
+    /// sockets, beyond what the machine's file limits allow over a network.
+    Inprocess(inprocess::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +83,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Connect(args) => connect::run(args).await.map(drop),
             Command::Presence(args) => presence::run(args).await.map(drop),
+            Command::Fanout(args) => fanout::run(args).await.map(drop),
+            Command::Pingpong(args) => pingpong::run(args).await.map(drop),
+            Command::Churn(args) => churn::run(args).await.map(drop),
+            Command::Inprocess(args) => inprocess::run(args).await.map(drop),
         }
     });
     // Connections still closing must not delay the exit.

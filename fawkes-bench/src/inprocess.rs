@@ -1,0 +1,14 @@
+//! The `inprocess` scenario (being written).
+
+/// Options of the `inprocess` scenario.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Runs the scenario.
+///
+/// # Errors
+///
+/// Always, until it is written.
+pub async fn run(_args: Args) -> Result<(), String> {
+    Err("the inprocess scenario is not written yet".into())
+}

@@ -1,0 +1,14 @@
+//! The `pingpong` scenario (being written).
+
+/// Options of the `pingpong` scenario.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Runs the scenario.
+///
+/// # Errors
+///
+/// Always, until it is written.
+pub async fn run(_args: Args) -> Result<(), String> {
+    Err("the pingpong scenario is not written yet".into())
+}
