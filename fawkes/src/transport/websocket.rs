@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use fawkes_protocol::{DecodeError, Frame};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -303,7 +303,7 @@ async fn run(mut ws: WebSocket, mut conn: Conn) {
             _ = shared.notified() => {}
             msg = ws.next() => {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
-                if let Err(reason) = Box::pin(receive(&mut conn, msg)).await {
+                if let Err(reason) = Box::pin(receive_ready(&mut ws, &mut conn, msg)).await {
                     break reason;
                 }
             }
@@ -316,6 +316,30 @@ async fn run(mut ws: WebSocket, mut conn: Conn) {
     tracing::debug!(target: "fawkes::transport", ?reason, "websocket closing");
     drop(conn);
     Box::pin(close(&mut ws, reason)).await;
+}
+
+/// Frames handled in one go when the client pipelines: their replies are
+/// then written together, not one write each.
+const READ_BATCH: usize = 32;
+
+/// Feeds a received frame to the socket, then the frames already read
+/// behind it (up to [`READ_BATCH`]), without waiting for more.
+async fn receive_ready(
+    ws: &mut WebSocket,
+    conn: &mut Conn,
+    msg: Option<Result<WsMessage, tungstenite::Error>>,
+) -> Result<(), CloseReason> {
+    receive(conn, msg).await?;
+    for _ in 1..READ_BATCH {
+        if conn.shared.is_closed() {
+            break;
+        }
+        match ws.next().now_or_never() {
+            Some(msg) => receive(conn, msg).await?,
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Feeds one received frame to the socket.
