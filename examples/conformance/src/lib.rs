@@ -28,6 +28,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+
 use fawkes::{
     Assigns, CheckOrigin, ConnectInfo, Endpoint, LongPollConfig, Params, PresenceConfig, Refused,
     Socket, WebSocketConfig,
@@ -143,6 +145,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (router, endpoint) = app(&opts);
+    // Small frames must leave at once, not wait behind an unacknowledged
+    // one (Nagle's algorithm) for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
