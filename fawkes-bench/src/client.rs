@@ -121,19 +121,36 @@ impl Target {
 /// that bound.
 #[derive(Debug, Clone, Copy)]
 pub struct Sources {
+    offset: u8,
     count: u8,
 }
 
 impl Sources {
     /// `count` addresses from 127.0.0.2 on; 0 lets the kernel choose.
     pub fn new(count: u8) -> Self {
-        Sources { count }
+        Sources { offset: 0, count }
+    }
+
+    /// `count` addresses from 127.0.0.(2 + `offset`) on, so that worker
+    /// processes each bind their own; 0 lets the kernel choose.
+    ///
+    /// # Errors
+    ///
+    /// The range would go past 127.0.0.254.
+    pub fn starting_at(offset: u8, count: u8) -> Result<Self, String> {
+        if u16::from(offset) + u16::from(count) > 253 {
+            return Err(format!(
+                "source addresses 127.0.0.{} and {count} up go past 127.0.0.254",
+                u16::from(offset) + 2
+            ));
+        }
+        Ok(Sources { offset, count })
     }
 
     /// The source address of connection `i`, if one is to be bound.
     pub fn for_connection(self, i: usize) -> Option<IpAddr> {
         (self.count > 0).then(|| {
-            let k = 2 + (i % usize::from(self.count)) as u8;
+            let k = 2 + self.offset + (i % usize::from(self.count)) as u8;
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))
         })
     }
@@ -203,12 +220,6 @@ impl Failure {
     }
 }
 
-/// Encodes one client message with the V2 serializer.
-///
-/// # Errors
-///
-/// [`FailureKind::Closed`] if it does not encode (never for the messages
-/// scenarios send).
 /// `connect 0, handshake 2, …`: the count and the first error of each kind
 /// of failure seen, or `none`.
 pub fn describe_failures(failures: &[Failure]) -> String {
@@ -224,6 +235,54 @@ pub fn describe_failures(failures: &[Failure]) -> String {
     } else {
         parts.join("; ")
     }
+}
+
+/// Failures as JSON for another process: `{"kind": [count, first
+/// detail], …}`, all a report needs of them.
+pub fn failures_to_json(failures: &[Failure]) -> Value {
+    let mut out = serde_json::Map::new();
+    for kind in FailureKind::ALL {
+        if let Some(first) = failures.iter().find(|f| f.kind == kind) {
+            let n = failures.iter().filter(|f| f.kind == kind).count();
+            out.insert(kind.name().to_owned(), json!([n, first.detail]));
+        }
+    }
+    Value::Object(out)
+}
+
+/// Reads [`failures_to_json`]'s form back: `count` failures of each kind,
+/// all with the first one's detail.
+///
+/// # Errors
+///
+/// Anything of another shape.
+pub fn failures_from_json(v: &Value) -> Result<Vec<Failure>, String> {
+    let bad = || format!("not a failure summary: {v}");
+    let mut failures = Vec::new();
+    for (name, entry) in v.as_object().ok_or_else(bad)? {
+        let kind = FailureKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(bad)?;
+        let n = entry.get(0).and_then(Value::as_u64).ok_or_else(bad)?;
+        let detail = entry.get(1).and_then(Value::as_str).ok_or_else(bad)?;
+        let n = usize::try_from(n).map_err(|_| bad())?;
+        failures.extend(std::iter::repeat_n(Failure::new(kind, detail), n));
+    }
+    Ok(failures)
+}
+
+/// Parses seconds, fractions allowed (`0.5`), for options such as
+/// `--duration`.
+///
+/// # Errors
+///
+/// Not a finite number of seconds, zero or more.
+pub fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
 /// Spawns `start(i)` on `tracker` for each i in 0..n, `rate` per second,
@@ -250,6 +309,12 @@ pub async fn spawn_at_rate<F, Fut>(
     }
 }
 
+/// Encodes one client message with the V2 serializer.
+///
+/// # Errors
+///
+/// [`FailureKind::Closed`] if it does not encode (never for the messages
+/// scenarios send).
 pub fn encode(
     join_ref: Option<Ref>,
     ref_: Ref,
@@ -283,6 +348,29 @@ pub fn join_outcome(msg: &Message, ref_: &Ref, topic: &str) -> Option<Result<(),
             format!("{topic}: {:?}", msg.payload),
         )),
     })
+}
+
+/// The `response` of a `phx_reply` whose status is `ok`;
+/// [`FailureKind::Refused`] with the payload otherwise.
+///
+/// # Errors
+///
+/// A status other than `ok`, or a payload that is not a reply's.
+pub fn reply_response(msg: &Message) -> Result<Value, Failure> {
+    let payload = msg.payload.as_json();
+    match payload
+        .and_then(|p| p.get("status"))
+        .and_then(Value::as_str)
+    {
+        Some("ok") => Ok(payload
+            .and_then(|p| p.get("response"))
+            .cloned()
+            .unwrap_or(Value::Null)),
+        _ => Err(Failure::new(
+            FailureKind::Refused,
+            format!("{} {}: {:?}", msg.topic, msg.event, msg.payload),
+        )),
+    }
 }
 
 /// Small client buffers: thousands of idle clients share one machine with
@@ -334,8 +422,13 @@ impl Session {
         Ok(Session { ws, next_ref: 1 })
     }
 
-    /// Sends one message and returns its ref.
-    async fn push(
+    /// Sends one message and returns its ref (decimal strings counting up
+    /// from 1, as phoenix.js sends them).
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Closed`] when the connection is gone.
+    pub async fn push(
         &mut self,
         join_ref: Option<Ref>,
         topic: &str,
@@ -368,16 +461,55 @@ impl Session {
     /// [`FailureKind::Refused`] on an error reply, [`FailureKind::Closed`]
     /// when the connection ends first. The caller sets the timeout.
     pub async fn join(&mut self, topic: &str) -> Result<(), Failure> {
+        self.join_with_ref(topic).await.map(drop)
+    }
+
+    /// [`join`](Self::join), returning the join ref that later pushes to
+    /// the channel carry.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join).
+    pub async fn join_with_ref(&mut self, topic: &str) -> Result<Ref, Failure> {
         let join_ref = Value::String(self.next_ref.to_string());
         let ref_ = self
-            .push(Some(join_ref), topic, events::JOIN, json!({}))
+            .push(Some(join_ref.clone()), topic, events::JOIN, json!({}))
             .await?;
         loop {
             let msg = self.recv().await?;
             if let Some(outcome) = join_outcome(&msg, &ref_, topic) {
-                return outcome;
+                return outcome.map(|()| join_ref);
             }
         }
+    }
+
+    /// Waits for the reply of ref `ref_` and returns its `response`;
+    /// other frames are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Refused`] on a reply whose status is not `ok`,
+    /// [`FailureKind::Closed`] when the connection ends first. The caller
+    /// sets the timeout.
+    pub async fn reply(&mut self, ref_: &Ref) -> Result<Value, Failure> {
+        loop {
+            let msg = self.recv().await?;
+            if msg.event == events::REPLY && msg.ref_.as_ref() == Some(ref_) {
+                return reply_response(&msg);
+            }
+        }
+    }
+
+    /// Leaves `topic` (joined with `join_ref`) and waits for the ok reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`reply`](Self::reply).
+    pub async fn leave(&mut self, topic: &str, join_ref: &Ref) -> Result<(), Failure> {
+        let ref_ = self
+            .push(Some(join_ref.clone()), topic, events::LEAVE, json!({}))
+            .await?;
+        self.reply(&ref_).await.map(drop)
     }
 
     /// Sends a heartbeat; its reply is read (and skipped) by [`recv`](Self::recv).
@@ -421,9 +553,30 @@ impl Session {
 
     /// Sends a close frame and reads until the server's, so neither side
     /// resets; the caller bounds the wait.
-    pub async fn close(mut self) {
-        if self.ws.close(None).await.is_ok() {
-            while let Some(Ok(_)) = self.ws.next().await {}
+    pub async fn close(self) {
+        let _ = self.close_clean().await;
+    }
+
+    /// [`close`](Self::close), telling whether it was clean: the close
+    /// handshake completed and the server ended the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::Closed`] when sending the close frame or reading
+    /// until the end failed.
+    pub async fn close_clean(mut self) -> Result<(), Failure> {
+        self.ws
+            .close(None)
+            .await
+            .map_err(|e| Failure::new(FailureKind::Closed, format!("close: {e}")))?;
+        loop {
+            match self.ws.next().await {
+                None => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(Failure::new(FailureKind::Closed, format!("close: {e}")));
+                }
+            }
         }
     }
 }
@@ -472,6 +625,32 @@ mod tests {
     }
 
     #[test]
+    fn failures_round_trip_as_json() {
+        let failures = [
+            Failure::new(FailureKind::Timeout, "join reply"),
+            Failure::new(FailureKind::Connect, "refused"),
+            Failure::new(FailureKind::Timeout, "later"),
+        ];
+        let back = failures_from_json(&failures_to_json(&failures)).unwrap();
+        assert_eq!(describe_failures(&back), describe_failures(&failures));
+        assert_eq!(back.len(), 3);
+        assert!(failures_from_json(&json!({"nope": [1, "x"]})).is_err());
+        assert!(failures_from_json(&json!([])).is_err());
+    }
+
+    #[test]
+    fn seconds_with_fractions() {
+        assert_eq!(
+            parse_secs("1.5"),
+            Ok(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(parse_secs("0"), Ok(std::time::Duration::ZERO));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("inf").is_err());
+        assert!(parse_secs("x").is_err());
+    }
+
+    #[test]
     fn sources_cycle_from_127_0_0_2() {
         assert_eq!(Sources::new(0).for_connection(5), None);
         assert_eq!(Sources::new(0).all(), [None]);
@@ -482,5 +661,13 @@ mod tests {
             [ip(0), ip(1), ip(2), ip(3)],
             ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"]
         );
+        let w = Sources::starting_at(3, 2).unwrap();
+        let ip = |i| w.for_connection(i).unwrap().to_string();
+        assert_eq!(
+            [ip(0), ip(1), ip(2)],
+            ["127.0.0.5", "127.0.0.6", "127.0.0.5"]
+        );
+        assert!(Sources::starting_at(250, 3).is_ok());
+        assert!(Sources::starting_at(250, 4).is_err());
     }
 }

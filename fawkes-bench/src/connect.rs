@@ -7,6 +7,11 @@
 //! connection has joined and the server has settled. The difference divided
 //! by the joined connections is the figure DESIGN.md aims at (≤ 6 KiB for a
 //! WebSocket).
+//!
+//! With `--workers W` the connections are opened by W child processes
+//! (see [`crate::workers`]), for runs beyond one process's open files: each
+//! child takes a share and says when it has joined them, this process then
+//! reads the server and adds up the children's samples.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,11 +24,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{
-    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures, spawn_at_rate,
+    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures,
+    failures_from_json, failures_to_json, spawn_at_rate,
 };
 use crate::latency::Latencies;
 use crate::longpoll::{HttpClients, LongPoll};
-use crate::measure::{Process, app_stats, check_file_limits};
+use crate::measure::{
+    Process, app_stats, check_file_limits, check_own_file_limit, warn_server_file_limit,
+};
+use crate::workers::{Parent, Workers, emit, share, source_split};
 
 /// Options of the `connect` scenario.
 #[derive(clap::Args, Debug)]
@@ -68,6 +77,22 @@ pub struct Args {
     /// that opens a LongPoll session; the join reply).
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Open the connections from this many worker processes (this binary
+    /// run again), each with its share of the connections and of the rate
+    /// and its own open-file limit and source addresses
+    /// (`--source-addrs` split between them, at least one each); this
+    /// process reads the server and adds up their reports.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+    /// A worker's number (set by the parent of a `--workers` run).
+    #[arg(long = "worker-index", hide = true)]
+    worker_index: Option<usize>,
+    /// A worker's first connection number, for topics and addresses.
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_connection: usize,
+    /// A worker's first source address, counted from 127.0.0.2.
+    #[arg(long, hide = true, default_value_t = 0)]
+    source_offset: u8,
 }
 
 /// How connection tasks reach the server.
@@ -151,6 +176,12 @@ pub async fn run(args: Args) -> Result<Value, String> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err("--rate must be a positive number".into());
     }
+    if let Some(index) = args.worker_index {
+        return worker(args, index).await;
+    }
+    if args.workers > 1 {
+        return run_workers(args).await;
+    }
     let transport = args.transport;
     let url = args.url.as_deref().unwrap_or(transport.default_url());
     let target = Target::resolve(url, transport).await?;
@@ -163,106 +194,233 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let stats_before = app_stats(target.addr).await;
 
     let n = args.connections;
-    let sources = Sources::new(args.source_addrs);
-    let step_timeout = Duration::from_secs(args.timeout);
-    let via = match transport {
-        Transport::WebSocket => Via::WebSocket(sources),
-        Transport::LongPoll => Via::LongPoll(HttpClients::new(&target, sources, step_timeout)?),
-    };
-    let ctx = Arc::new(Ctx {
-        target,
-        via,
-        topics: args.topics as usize,
-        step_timeout,
-        heartbeat: Duration::from_secs(args.heartbeat.max(1)),
-    });
-    println!(
-        "connect: {n} {} connections to {} over {} topics at {}/s, hold {} s",
-        transport.name(),
-        ctx.target.url,
-        ctx.topics,
-        args.rate,
-        args.hold
-    );
-
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let start = Instant::now();
-    tokio::spawn(spawn_at_rate(
-        n,
-        args.rate,
-        stop.clone(),
-        tracker.clone(),
-        {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            move |i| connection(i, ctx.clone(), tx.clone(), stop.clone())
-        },
-    ));
-
-    // Every task reports within its step timeouts; the deadline only guards
-    // against a bug leaving the run hanging.
-    let ramp = Duration::from_secs_f64(n as f64 / args.rate);
-    let deadline = start + ramp + 2 * ctx.step_timeout + Duration::from_secs(10);
-    let mut tally = Tally::default();
-    let mut progress = interval(Duration::from_secs(1));
-    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    progress.tick().await;
-    while tally.settled() < n {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => tally.apply(ev),
-                None => break,
-            },
-            _ = progress.tick() => eprintln!(
-                "  {:>5.1} s: joined {}, failed {}",
-                start.elapsed().as_secs_f64(), tally.joined, tally.failed.len()
-            ),
-            _ = sleep_until(deadline) => break,
-        }
-    }
-    for _ in tally.settled()..n {
-        tally.failed.push(Failure::new(
-            FailureKind::Timeout,
-            "no report before the deadline",
-        ));
-    }
-    let ramp_took = start.elapsed();
+    print_header(&args, &target.url);
+    let mut ramp = Ramp::start(&args, target, "")?;
+    ramp.wait(&args).await;
+    let ramp_took = ramp.start.elapsed();
     eprintln!(
         "  {:>5.1} s: joined {}, failed {}; holding {} s",
         ramp_took.as_secs_f64(),
-        tally.joined,
-        tally.failed.len(),
+        ramp.tally.joined,
+        ramp.tally.failed.len(),
         args.hold
     );
 
     let joined_at = Instant::now();
     let settle = Duration::from_secs(args.settle);
-    tally.drain_until(&mut rx, joined_at + settle).await;
+    ramp.drain_until(joined_at + settle).await;
     let rss_after = server.and_then(|s| reading(s.rss_kib()));
     let server_files = server.and_then(Process::open_files);
     let my_files = me.open_files();
     // Only connections still open count towards the memory read.
-    let live = tally.joined - tally.dropped.len();
-    let stats_after = app_stats(ctx.target.addr).await;
+    let live = ramp.tally.joined - ramp.tally.dropped.len();
+    let stats_after = app_stats(ramp.ctx.target.addr).await;
     let hold_end = joined_at + Duration::from_secs(args.hold).max(settle);
-    tally.drain_until(&mut rx, hold_end).await;
+    ramp.drain_until(hold_end).await;
     let rss_end = server.and_then(|s| reading(s.rss_kib()));
     let server_cpu = server
         .and_then(|s| reading(s.cpu_ms()))
         .zip(server_cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
     let my_cpu = me.cpu_ms()?.saturating_sub(my_cpu_before);
+    let tally = ramp.close().await;
 
-    stop.cancel();
-    tracker.close();
-    if timeout(Duration::from_secs(10), tracker.wait())
-        .await
-        .is_err()
-    {
-        eprintln!("  some connections did not close within 10 s; leaving them");
+    report(
+        &args,
+        Outcome {
+            n,
+            workers: 1,
+            tally,
+            ramp_took,
+            live,
+            rss_before,
+            rss_after,
+            rss_end,
+            server_files,
+            my_files,
+            server_cpu,
+            my_cpu,
+            stats_before,
+            stats_after,
+        },
+    )
+}
+
+fn print_header(args: &Args, url: &str) {
+    let workers = match args.workers {
+        1 => String::new(),
+        w => format!(" from {w} worker processes"),
+    };
+    println!(
+        "connect: {} {} connections to {url} over {} topics at {}/s{workers}, hold {} s",
+        args.connections,
+        args.transport.name(),
+        args.topics,
+        args.rate,
+        args.hold
+    );
+}
+
+/// Connections being opened or held by this process, and their reports.
+struct Ramp {
+    ctx: Arc<Ctx>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    tally: Tally,
+    start: Instant,
+    /// Printed before progress lines: which worker this is.
+    label: String,
+}
+
+impl Ramp {
+    /// Starts opening `args.connections` connections at `args.rate`,
+    /// numbered from `args.first_connection` (topics and source addresses
+    /// follow the number), bound to source addresses from
+    /// `args.source_offset`.
+    fn start(args: &Args, target: Target, label: &str) -> Result<Ramp, String> {
+        let n = args.connections;
+        let sources = Sources::starting_at(args.source_offset, args.source_addrs)?;
+        let step_timeout = Duration::from_secs(args.timeout);
+        let via = match args.transport {
+            Transport::WebSocket => Via::WebSocket(sources),
+            Transport::LongPoll => Via::LongPoll(HttpClients::new(&target, sources, step_timeout)?),
+        };
+        let ctx = Arc::new(Ctx {
+            target,
+            via,
+            topics: args.topics as usize,
+            step_timeout,
+            heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let first = args.first_connection;
+        tokio::spawn(spawn_at_rate(
+            n,
+            args.rate,
+            stop.clone(),
+            tracker.clone(),
+            {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                move |i| connection(first + i, ctx.clone(), tx.clone(), stop.clone())
+            },
+        ));
+        Ok(Ramp {
+            ctx,
+            rx,
+            stop,
+            tracker,
+            tally: Tally::default(),
+            start: Instant::now(),
+            label: label.to_owned(),
+        })
     }
 
+    /// Waits until every connection has joined or failed, printing
+    /// progress each second; those without a report by a deadline count
+    /// as timed out.
+    async fn wait(&mut self, args: &Args) {
+        let n = args.connections;
+        // Every task reports within its step timeouts; the deadline only
+        // guards against a bug leaving the run hanging.
+        let deadline = self.start + ramp_limit(args);
+        let mut progress = interval(Duration::from_secs(1));
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        progress.tick().await;
+        while self.tally.settled() < n {
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => self.tally.apply(ev),
+                    None => break,
+                },
+                _ = progress.tick() => eprintln!(
+                    "  {}{:>5.1} s: joined {}, failed {}",
+                    self.label,
+                    self.start.elapsed().as_secs_f64(),
+                    self.tally.joined,
+                    self.tally.failed.len()
+                ),
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        for _ in self.tally.settled()..n {
+            self.tally.failed.push(Failure::new(
+                FailureKind::Timeout,
+                "no report before the deadline",
+            ));
+        }
+    }
+
+    /// Applies reports (drops while idle) until `until`.
+    async fn drain_until(&mut self, until: Instant) {
+        self.tally.drain_until(&mut self.rx, until).await;
+    }
+
+    /// Closes every connection (giving them 10 s) and returns the tally.
+    async fn close(mut self) -> Tally {
+        self.stop.cancel();
+        self.tracker.close();
+        if timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("  some connections did not close within 10 s; leaving them");
+        }
+        // Drops reported while closing still count.
+        while let Ok(ev) = self.rx.try_recv() {
+            self.tally.apply(ev);
+        }
+        self.tally
+    }
+}
+
+/// How long the ramp may take: the pacing, two step timeouts and a margin.
+fn ramp_limit(args: &Args) -> Duration {
+    Duration::from_secs_f64(args.connections as f64 / args.rate)
+        + 2 * Duration::from_secs(args.timeout)
+        + Duration::from_secs(10)
+}
+
+/// Everything the summary and the JSON line are made of.
+struct Outcome {
+    n: usize,
+    workers: usize,
+    tally: Tally,
+    ramp_took: Duration,
+    live: usize,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+    rss_end: Option<u64>,
+    server_files: Option<usize>,
+    my_files: Option<usize>,
+    server_cpu: Option<u64>,
+    my_cpu: u64,
+    stats_before: Option<Value>,
+    stats_after: Option<Value>,
+}
+
+/// Prints the summary and the JSON line; the report, or an error when a
+/// connection failed or dropped.
+fn report(args: &Args, o: Outcome) -> Result<Value, String> {
+    let Outcome {
+        n,
+        workers,
+        mut tally,
+        ramp_took,
+        live,
+        rss_before,
+        rss_after,
+        rss_end,
+        server_files,
+        my_files,
+        server_cpu,
+        my_cpu,
+        stats_before,
+        stats_after,
+    } = o;
+    let transport = args.transport;
     let bytes_per_conn = match (rss_before, rss_after) {
         (Some(before), Some(after)) if live > 0 => {
             Some(((after as f64 - before as f64) * 1024.0 / live as f64).round() as i64)
@@ -321,21 +479,26 @@ pub async fn run(args: Args) -> Result<Value, String> {
             b as f64 / 1024.0
         );
     }
+    let tool = match workers {
+        1 => "fawkes-bench".to_owned(),
+        w => format!("fawkes-bench ({w} workers)"),
+    };
     if let (Some(server), Some(me)) = (server_files, my_files) {
-        println!("files     open at the reading: server {server}, fawkes-bench {me}");
+        println!("files     open at the reading: server {server}, {tool} {me}");
     }
     if let Some(cpu) = server_cpu {
-        println!("cpu       server {cpu} ms, fawkes-bench {my_cpu} ms");
-    } else if server.is_some() {
-        println!("cpu       fawkes-bench {my_cpu} ms (the server could not be read)");
+        println!("cpu       server {cpu} ms, {tool} {my_cpu} ms");
+    } else if args.server_pid.is_some() {
+        println!("cpu       {tool} {my_cpu} ms (the server could not be read)");
     } else {
-        println!("cpu       fawkes-bench {my_cpu} ms (no --server-pid)");
+        println!("cpu       {tool} {my_cpu} ms (no --server-pid)");
     }
     let report = json!({
         "scenario": "connect",
         "transport": transport.name(),
         "connections": n,
-        "topics": ctx.topics,
+        "workers": workers,
+        "topics": args.topics,
         "rate": args.rate,
         "joined": tally.joined,
         "open_at_reading": live,
@@ -364,6 +527,196 @@ pub async fn run(args: Args) -> Result<Value, String> {
         return Err(format!("{lost} of {n} connections failed or dropped"));
     }
     Ok(report)
+}
+
+/// The options worker `w` of `workers` runs with: its share of the
+/// connections (numbered on from the previous worker's) and of the rate,
+/// its own source addresses, and no `--server-pid` (the parent reads the
+/// server).
+fn worker_args(args: &Args, url: &str, workers: usize, w: usize, sources: u8) -> Vec<String> {
+    let (first, count) = share(args.connections, workers, w);
+    [
+        "connect",
+        "--transport",
+        args.transport.name(),
+        "--url",
+        url,
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain(
+        [
+            ("--connections", count.to_string()),
+            ("--first-connection", first.to_string()),
+            ("--topics", args.topics.to_string()),
+            ("--rate", (args.rate / workers as f64).to_string()),
+            ("--heartbeat", args.heartbeat.to_string()),
+            ("--timeout", args.timeout.to_string()),
+            ("--source-addrs", sources.to_string()),
+            ("--source-offset", (w * usize::from(sources)).to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v]),
+    )
+    .collect()
+}
+
+/// `--workers W`: the connections opened by W children (see
+/// [`crate::workers`]); this process reads the server once all have
+/// joined, then tells them to close and adds up their reports.
+async fn run_workers(args: Args) -> Result<Value, String> {
+    let transport = args.transport;
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| transport.default_url().to_owned());
+    let target = Target::resolve(&url, transport).await?;
+    let n = args.connections;
+    let w = args.workers as usize;
+    // The children inherit this process's limit; each needs its share.
+    check_own_file_limit(share(n, w, 0).1)?;
+    warn_server_file_limit(n, args.server_pid);
+    let sources = source_split(w, args.source_addrs)?;
+    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    let me = Process(None);
+    let rss_before = server.map(Process::rss_kib).transpose()?;
+    let server_cpu_before = server.map(Process::cpu_ms).transpose()?;
+    let my_cpu_before = me.cpu_ms()?;
+    let stats_before = app_stats(target.addr).await;
+    print_header(&args, &target.url);
+
+    let start = Instant::now();
+    let mut children = Workers::spawn(
+        (0..w)
+            .map(|i| worker_args(&args, &url, w, i, sources))
+            .collect(),
+    )?;
+    // A worker's ramp takes as long as the whole one: each has its share
+    // of the rate. Starting the process gets a margin of its own.
+    let ready = children
+        .next_all("ready", start + ramp_limit(&args) + Duration::from_secs(10))
+        .await?;
+    let ramp_took = start.elapsed();
+    let count = |key: &str| -> usize {
+        ready
+            .iter()
+            .map(|r| r.get(key).and_then(Value::as_u64).unwrap_or(0) as usize)
+            .sum()
+    };
+    eprintln!(
+        "  {:>5.1} s: joined {}, failed {} (all {w} workers); holding {} s",
+        ramp_took.as_secs_f64(),
+        count("joined"),
+        count("failed"),
+        args.hold
+    );
+
+    let joined_at = Instant::now();
+    let settle = Duration::from_secs(args.settle);
+    sleep_until(joined_at + settle).await;
+    let rss_after = server.and_then(|s| reading(s.rss_kib()));
+    let server_files = server.and_then(Process::open_files);
+    let stats_after = app_stats(target.addr).await;
+    sleep_until(joined_at + Duration::from_secs(args.hold).max(settle)).await;
+    let rss_end = server.and_then(|s| reading(s.rss_kib()));
+    let server_cpu = server
+        .and_then(|s| reading(s.cpu_ms()))
+        .zip(server_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+
+    children.go().await?;
+    let results = children
+        .next_all("result", Instant::now() + Duration::from_secs(30))
+        .await?;
+    children.finish(Duration::from_secs(10)).await;
+
+    let mut tally = Tally::default();
+    let mut my_cpu = me.cpu_ms()?.saturating_sub(my_cpu_before);
+    let mut my_files = me.open_files();
+    for (i, r) in results.iter().enumerate() {
+        let bad = |what: &str| format!("worker {i}: bad result ({what}): {r}");
+        let samples = |key: &str| -> Result<Vec<u64>, String> {
+            r.get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(key))?
+                .iter()
+                .map(|v| v.as_u64().ok_or_else(|| bad(key)))
+                .collect()
+        };
+        let failures = |key: &str| failures_from_json(r.get(key).unwrap_or(&Value::Null));
+        tally.joined += r
+            .get("joined")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("joined"))? as usize;
+        tally.connect.extend_micros(samples("connect_us")?);
+        tally.join.extend_micros(samples("join_us")?);
+        tally.failed.extend(failures("failed")?);
+        tally.dropped.extend(failures("dropped")?);
+        my_cpu += r.get("cpu_ms").and_then(Value::as_u64).unwrap_or(0);
+        // Read while the connections were still open.
+        let files = r.get("open_files").and_then(Value::as_u64);
+        my_files = my_files.zip(files).map(|(a, b)| a + b as usize);
+    }
+    // Drops after the reading cannot be told apart from those before it.
+    let live = tally.joined.saturating_sub(tally.dropped.len());
+    report(
+        &args,
+        Outcome {
+            n,
+            workers: w,
+            tally,
+            ramp_took,
+            live,
+            rss_before,
+            rss_after,
+            rss_end,
+            server_files,
+            my_files,
+            server_cpu,
+            my_cpu,
+            stats_before,
+            stats_after,
+        },
+    )
+}
+
+/// A worker of `--workers` (see [`crate::workers`]): opens its share, says
+/// `ready`, holds until the parent's `go`, closes, and writes its tally
+/// (raw latency samples, failures, CPU time and open files) as `result`.
+async fn worker(args: Args, index: usize) -> Result<Value, String> {
+    let url = args.url.as_deref().unwrap_or(args.transport.default_url());
+    let target = Target::resolve(url, args.transport).await?;
+    check_own_file_limit(args.connections)?;
+    let mut parent = Parent::watch(index);
+    let mut ramp = Ramp::start(&args, target, &format!("worker {index}: "))?;
+    ramp.wait(&args).await;
+    emit(
+        index,
+        "ready",
+        json!({ "joined": ramp.tally.joined, "failed": ramp.tally.failed.len() }),
+    );
+    loop {
+        tokio::select! {
+            ev = ramp.rx.recv() => match ev {
+                Some(ev) => ramp.tally.apply(ev),
+                None => break parent.go().await,
+            },
+            () = parent.go() => break,
+        }
+    }
+    let open_files = Process(None).open_files();
+    let tally = ramp.close().await;
+    let data = json!({
+        "joined": tally.joined,
+        "failed": failures_to_json(&tally.failed),
+        "dropped": failures_to_json(&tally.dropped),
+        "connect_us": tally.connect.micros(),
+        "join_us": tally.join.micros(),
+        "cpu_ms": Process(None).cpu_ms()?,
+        "open_files": open_files,
+    });
+    emit(index, "result", data.clone());
+    Ok(data)
 }
 
 /// A reading taken once the run is under way: a server that died meanwhile
@@ -542,6 +895,10 @@ mod tests {
             source_addrs: 2,
             heartbeat: 30,
             timeout: 5,
+            workers: 1,
+            worker_index: None,
+            first_connection: 0,
+            source_offset: 0,
         };
         let report = run(args).await.unwrap();
         let _ = stop_tx.send(());

@@ -8,7 +8,14 @@
 //! fawkes-bench connect --connections 10000 --server-pid "$(pgrep -n fawkes-conformance)"
 //! fawkes-bench connect --transport longpoll --url http://127.0.0.1:4000/socket/longpoll
 //! fawkes-bench presence --clients 10000 --rate 1000 --server-pid "$(pgrep -n fawkes-conformance)"
+//! fawkes-bench connect --connections 30000 --workers 2 --server-pid "$(pgrep -n fawkes-conformance)"
+//! fawkes-bench pingpong --clients 100 --in-flight 10 --duration 10 --server-pid "$(pgrep -n fawkes-conformance)"
+//! fawkes-bench churn --loops 20 --warmup 10 --duration 60 --server-pid "$(pgrep -n fawkes-conformance)"
 //! ```
+//!
+//! Beyond one process's open-file limit, `--workers W` (connect, pingpong,
+//! churn) runs this binary again as W worker processes, each with a share
+//! of the clients and its own source addresses ([`workers`]).
 //!
 //! Every run stops by itself: scenarios hold their connections for a set
 //! time and give up on anything that does not answer within a timeout.
@@ -23,6 +30,7 @@ mod longpoll;
 mod measure;
 mod pingpong;
 mod presence;
+mod workers;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
 
 /// Clock ticks per second of `/proc/*/stat` times: Linux fixes USER_HZ at
 /// 100 in its ABI, whatever the kernel's internal tick.
@@ -94,32 +95,154 @@ impl Process {
     }
 }
 
-/// `GET /api/stats` of the conformance app at `addr`: `{"sockets": N,
-/// "channels": N, "node": NAME}`. `None` when the server has no such route
-/// or does not answer within 5 s: the readings are a cross-check, not
-/// required.
+/// The measured part of a run: from the end of the warm-up for a set
+/// length. Events are counted when they happen inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Where it opens.
+    pub from: Instant,
+    /// Where it closes (not included).
+    pub to: Instant,
+}
+
+impl Window {
+    /// The window of `length` that opens `warmup` after `start`.
+    pub fn after(start: Instant, warmup: Duration, length: Duration) -> Window {
+        let from = start + warmup;
+        Window {
+            from,
+            to: from + length,
+        }
+    }
+
+    /// Whether `t` is inside.
+    pub fn contains(&self, t: Instant) -> bool {
+        self.from <= t && t < self.to
+    }
+
+    /// How long it is.
+    pub fn length(&self) -> Duration {
+        self.to - self.from
+    }
+}
+
+/// Readings over a [`Window`]: CPU time used inside it by the server and by
+/// this process, and the server's resident memory at points in it.
+#[derive(Debug, Clone)]
+pub struct WindowReadings {
+    /// The window read.
+    pub window: Window,
+    /// The server's CPU time inside the window, in ms; `None` without a
+    /// server process or when it could not be read at both ends.
+    pub server_ms: Option<u64>,
+    /// This process's CPU time inside the window, in ms.
+    pub client_ms: u64,
+    /// `(seconds into the window, server VmRSS in KiB)`, at its opening,
+    /// every `rss_every`, and at its close.
+    pub rss: Vec<(f64, u64)>,
+}
+
+impl WindowReadings {
+    /// Sleeps to the window's opening, reads, and reads again at its close
+    /// (and every `rss_every` in between); returns at the close.
+    ///
+    /// # Errors
+    ///
+    /// This process's own `/proc` entry cannot be read.
+    pub async fn read(
+        window: Window,
+        server: Option<Process>,
+        rss_every: Option<Duration>,
+    ) -> Result<WindowReadings, String> {
+        let me = Process(None);
+        let warn = |r: Result<u64, String>| r.map_err(|e| eprintln!("warning: {e}")).ok();
+        sleep_until(window.from).await;
+        let server_before = server.and_then(|s| warn(s.cpu_ms()));
+        let mine_before = me.cpu_ms()?;
+        let mut rss = Vec::new();
+        let sample = |at: Instant, rss: &mut Vec<(f64, u64)>| {
+            if let Some(kib) = server.and_then(|s| warn(s.rss_kib())) {
+                rss.push(((at - window.from).as_secs_f64(), kib));
+            }
+        };
+        sample(window.from, &mut rss);
+        if let Some(every) = rss_every.filter(|e| !e.is_zero()) {
+            let mut at = window.from + every;
+            while at < window.to {
+                sleep_until(at).await;
+                sample(at, &mut rss);
+                at += every;
+            }
+        }
+        sleep_until(window.to).await;
+        let server_after = server.and_then(|s| warn(s.cpu_ms()));
+        let mine_after = me.cpu_ms()?;
+        sample(window.to, &mut rss);
+        Ok(WindowReadings {
+            window,
+            server_ms: server_before
+                .zip(server_after)
+                .map(|(b, a)| a.saturating_sub(b)),
+            client_ms: mine_after.saturating_sub(mine_before),
+            rss,
+        })
+    }
+}
+
 /// Refuses a run of `clients` connections this process cannot hold open
 /// (one file each, and a few for the runtime, stdio and the stats
 /// requests), and warns when the server may not.
+///
+/// # Errors
+///
+/// This process's limit is too low.
 pub fn check_file_limits(clients: usize, server_pid: Option<u32>) -> Result<(), String> {
-    let need = clients as u64 + 64;
+    check_own_file_limit(clients)?;
+    warn_server_file_limit(clients, server_pid);
+    Ok(())
+}
+
+/// Files a process holding `clients` connections needs.
+fn files_needed(clients: usize) -> u64 {
+    clients as u64 + 64
+}
+
+/// The part of [`check_file_limits`] for this process: with worker
+/// processes, each checks its own share (they inherit this limit).
+///
+/// # Errors
+///
+/// This process's limit is too low.
+pub fn check_own_file_limit(clients: usize) -> Result<(), String> {
+    let need = files_needed(clients);
     if let Some(limit) = Process(None).open_files_limit()
         && limit < need
     {
         return Err(format!(
             "{clients} connections need about {need} open files, but this process may open {limit}: \
-             raise `ulimit -n`, or split the load over several fawkes-bench processes"
+             raise `ulimit -n`, or split the load over worker processes (--workers)"
         ));
     }
+    Ok(())
+}
+
+/// The part of [`check_file_limits`] for the server, which holds every
+/// connection of every worker: a warning, as the server may have been
+/// started with a higher limit than it reports.
+pub fn warn_server_file_limit(clients: usize, server_pid: Option<u32>) {
+    let need = files_needed(clients);
     if let Some(pid) = server_pid
         && let Some(limit) = Process(Some(pid)).open_files_limit()
         && limit < need
     {
         eprintln!("warning: the server may open only {limit} files; connections beyond that fail");
     }
-    Ok(())
 }
 
+/// `GET /api/stats` of the conformance app at `addr`: `{"sockets": N,
+/// "channels": N, "node": NAME}`. `None` when the server has no such route
+/// or does not answer within 5 s: the readings are a cross-check, not
+/// required.
 pub async fn app_stats(addr: SocketAddr) -> Option<Value> {
     app_json(addr, "/api/stats").await
 }

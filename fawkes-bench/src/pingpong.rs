@@ -1,14 +1,788 @@
-//! The `pingpong` scenario (being written).
+//! The `pingpong` scenario: request/reply throughput and what each reply
+//! costs the server.
+//!
+//! C clients each join `bench:<i % topics>` and keep P `ping` pushes in
+//! flight (the Bench channel replies with the payload as received): every
+//! reply is answered by the next push. After a warm-up, replies are counted
+//! and timed over a fixed window, and the server's CPU time over that
+//! window divided by the replies is its cost per reply. With `--workers W`
+//! the clients are spread over W processes (see [`crate::workers`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fawkes_protocol::events;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{
+    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures,
+    failures_from_json, failures_to_json, parse_secs, reply_response, spawn_at_rate,
+};
+use crate::latency::Histogram;
+use crate::measure::{
+    Process, Window, WindowReadings, app_stats, check_file_limits, check_own_file_limit,
+    warn_server_file_limit,
+};
+use crate::workers::{Parent, Workers, emit, share, source_split};
 
 /// Options of the `pingpong` scenario.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The WebSocket URL (`vsn=2.0.0` added unless it names one).
+    #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
+    url: String,
+    /// Clients, one WebSocket each.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Pushes each client keeps in flight.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    in_flight: u32,
+    /// Seconds measured, after the warm-up (fractions allowed).
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    duration: Duration,
+    /// Seconds of pushing before the measured window opens.
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    warmup: Duration,
+    /// Topics: client i joins `bench:<i % topics>`.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    topics: u32,
+    /// Bytes of the string each `ping` carries (`{"body": "xx…"}`).
+    #[arg(long, default_value_t = 32)]
+    payload_bytes: usize,
+    /// Clients connected per second before the pushing starts.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// The server's process id, to read its CPU time from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Bind client sockets to this many source addresses, 127.0.0.2 and up
+    /// (0: the kernel chooses).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=253))]
+    source_addrs: u8,
+    /// Seconds to wait for each step (connect, join) and for each reply; a
+    /// reply later than that is a timeout and ends its client.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Run the clients in this many worker processes (this binary run
+    /// again), each with its share of clients and its own source addresses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+    /// A worker's number (set by the parent of a `--workers` run).
+    #[arg(long = "worker-index", hide = true)]
+    worker_index: Option<usize>,
+    /// A worker's first client number, for topics and addresses.
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_client: usize,
+    /// A worker's first source address, counted from 127.0.0.2.
+    #[arg(long, hide = true, default_value_t = 0)]
+    source_offset: u8,
+}
 
-/// Runs the scenario.
+/// What every client needs to know.
+struct Ctx {
+    target: Target,
+    sources: Sources,
+    topics: usize,
+    in_flight: usize,
+    payload: Value,
+    step_timeout: Duration,
+}
+
+/// What a client reports.
+enum Event {
+    /// Connected and joined.
+    Joined,
+    /// Never joined.
+    Failed(Failure),
+    /// Done pushing: its counts over the window.
+    Done(Counts),
+}
+
+/// Replies counted over the measured window, by one client or many.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Replies received inside the window.
+    replies: u64,
+    /// Pushes sent, all told.
+    sent: u64,
+    /// Reply latency (send to receipt) of the replies inside the window.
+    latency: Histogram,
+    /// What ended clients early: timeouts, errors, lost connections.
+    failures: Vec<Failure>,
+}
+
+impl Counts {
+    fn merge(&mut self, other: Counts) {
+        self.replies += other.replies;
+        self.sent += other.sent;
+        self.latency.merge(&other.latency);
+        self.failures.extend(other.failures);
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "replies": self.replies,
+            "sent": self.sent,
+            "latency": self.latency.to_json(),
+            "failures": failures_to_json(&self.failures),
+        })
+    }
+
+    fn from_json(v: &Value) -> Result<Counts, String> {
+        let n = |key: &str| {
+            v.get(key)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("bad counts ({key}): {v}"))
+        };
+        Ok(Counts {
+            replies: n("replies")?,
+            sent: n("sent")?,
+            latency: Histogram::from_json(v.get("latency").unwrap_or(&Value::Null))?,
+            failures: failures_from_json(v.get("failures").unwrap_or(&Value::Null))?,
+        })
+    }
+}
+
+/// The clients of this process once connected: told the window through
+/// `window`, they report `Done` on `rx`.
+struct Clients {
+    rx: mpsc::UnboundedReceiver<Event>,
+    window: watch::Sender<Option<Window>>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    joined: usize,
+    join_failures: Vec<Failure>,
+    took: Duration,
+}
+
+impl Clients {
+    /// Connects `n` clients numbered from `first`, at `rate`, and waits
+    /// until each has joined or failed.
+    async fn connect(ctx: Arc<Ctx>, n: usize, first: usize, rate: f64, label: &str) -> Clients {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (window, window_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let start = Instant::now();
+        tokio::spawn(spawn_at_rate(n, rate, stop.clone(), tracker.clone(), {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            move |i| {
+                client(
+                    first + i,
+                    ctx.clone(),
+                    tx.clone(),
+                    window_rx.clone(),
+                    stop.clone(),
+                )
+            }
+        }));
+        let deadline = start
+            + Duration::from_secs_f64(n as f64 / rate)
+            + 2 * ctx.step_timeout
+            + Duration::from_secs(10);
+        let (mut joined, mut join_failures) = (0, Vec::new());
+        let mut progress = interval(Duration::from_secs(1));
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        progress.tick().await;
+        while joined + join_failures.len() < n {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(Event::Joined) => joined += 1,
+                    Some(Event::Failed(f)) => join_failures.push(f),
+                    // Only after the window is set.
+                    Some(Event::Done(_)) => {}
+                    None => break,
+                },
+                _ = progress.tick() => eprintln!(
+                    "  {label}{:>5.1} s: joined {joined}, failed {}",
+                    start.elapsed().as_secs_f64(), join_failures.len()
+                ),
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        for _ in joined + join_failures.len()..n {
+            join_failures.push(Failure::new(
+                FailureKind::Timeout,
+                "no report before the deadline",
+            ));
+        }
+        Clients {
+            rx,
+            window,
+            stop,
+            tracker,
+            joined,
+            join_failures,
+            took: start.elapsed(),
+        }
+    }
+
+    /// Starts the pushing: measured over `window`, which ends the run.
+    /// Returns the counts of every joined client; the run waits past the
+    /// window for replies still in flight (a timeout at most).
+    async fn run(mut self, window: Window, step_timeout: Duration) -> Counts {
+        let _ = self.window.send(Some(window));
+        let mut counts = Counts::default();
+        let deadline = window.to + step_timeout + Duration::from_secs(5);
+        let mut done = 0;
+        while done < self.joined {
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Some(Event::Done(c)) => {
+                        done += 1;
+                        counts.merge(c);
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        if done < self.joined {
+            let missing = self.joined - done;
+            counts.failures.extend(std::iter::repeat_n(
+                Failure::new(FailureKind::Timeout, "no counts after the window"),
+                missing,
+            ));
+        }
+        self.stop.cancel();
+        self.tracker.close();
+        let _ = timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        counts
+    }
+}
+
+/// The payload every `ping` carries.
+fn payload(bytes: usize) -> Value {
+    json!({ "body": "x".repeat(bytes) })
+}
+
+/// Runs the scenario, prints its summary and JSON line, and returns the
+/// JSON report.
 ///
 /// # Errors
 ///
-/// Always, until it is written.
-pub async fn run(_args: Args) -> Result<(), String> {
-    Err("the pingpong scenario is not written yet".into())
+/// Bad options, a non-loopback server, too low a file limit, or a server
+/// process that cannot be read at the start; and, after the report is
+/// printed, any client that failed to join or failed while pushing.
+pub async fn run(args: Args) -> Result<Value, String> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err("--rate must be a positive number".into());
+    }
+    if args.duration.is_zero() {
+        return Err("--duration must be above 0".into());
+    }
+    if let Some(index) = args.worker_index {
+        return worker(args, index).await;
+    }
+    let target = Target::resolve(&args.url, Transport::WebSocket).await?;
+    let w = args.workers as usize;
+    if w > 1 {
+        check_own_file_limit(share(args.clients, w, 0).1)?;
+        warn_server_file_limit(args.clients, args.server_pid);
+    } else {
+        check_file_limits(args.clients, args.server_pid)?;
+    }
+    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    // Fails early when the pid is wrong.
+    server.map(Process::cpu_ms).transpose()?;
+    let stats_before = app_stats(target.addr).await;
+    println!(
+        "pingpong: {} clients × {} in flight to {}{}, warm-up {} s, measured {} s",
+        args.clients,
+        args.in_flight,
+        target.url,
+        match w {
+            1 => String::new(),
+            w => format!(" from {w} worker processes"),
+        },
+        args.warmup.as_secs_f64(),
+        args.duration.as_secs_f64()
+    );
+
+    let step_timeout = Duration::from_secs(args.timeout);
+    let (joined, join_failures, connect_took, cpu, counts, my_cpu_extra) = if w > 1 {
+        let sources = source_split(w, args.source_addrs)?;
+        let start = Instant::now();
+        let mut children =
+            Workers::spawn((0..w).map(|i| worker_args(&args, w, i, sources)).collect())?;
+        let limit = Duration::from_secs_f64(args.clients as f64 / args.rate)
+            + 2 * step_timeout
+            + Duration::from_secs(20);
+        let ready = children.next_all("ready", start + limit).await?;
+        let connect_took = start.elapsed();
+        let mut joined = 0;
+        let mut join_failures = Vec::new();
+        for r in &ready {
+            joined += r.get("joined").and_then(Value::as_u64).unwrap_or(0) as usize;
+            join_failures.extend(failures_from_json(
+                r.get("failures").unwrap_or(&Value::Null),
+            )?);
+        }
+        children.go().await?;
+        let window = Window::after(Instant::now(), args.warmup, args.duration);
+        let cpu = WindowReadings::read(window, server, None).await?;
+        let results = children
+            .next_all("result", window.to + step_timeout + Duration::from_secs(20))
+            .await?;
+        children.finish(Duration::from_secs(10)).await;
+        let mut counts = Counts::default();
+        let mut children_cpu = 0;
+        for r in &results {
+            counts.merge(Counts::from_json(r)?);
+            children_cpu += r.get("cpu_ms").and_then(Value::as_u64).unwrap_or(0);
+        }
+        (
+            joined,
+            join_failures,
+            connect_took,
+            cpu,
+            counts,
+            children_cpu,
+        )
+    } else {
+        let ctx = context(&args, target.clone(), Sources::new(args.source_addrs))?;
+        let clients = Clients::connect(ctx, args.clients, 0, args.rate, "").await;
+        let (joined, join_failures, connect_took) =
+            (clients.joined, clients.join_failures.clone(), clients.took);
+        let window = Window::after(Instant::now(), args.warmup, args.duration);
+        let running = tokio::spawn(clients.run(window, step_timeout));
+        let cpu = WindowReadings::read(window, server, None).await?;
+        let counts = running
+            .await
+            .map_err(|e| format!("the clients failed: {e}"))?;
+        (joined, join_failures, connect_took, cpu, counts, 0)
+    };
+    let stats_after = app_stats(target.addr).await;
+    let my_cpu = cpu.client_ms + my_cpu_extra;
+    report(
+        &args,
+        Report {
+            joined,
+            join_failures,
+            connect_took,
+            cpu,
+            my_cpu,
+            counts,
+            stats_before,
+            stats_after,
+        },
+    )
+}
+
+/// What the summary is made of.
+struct Report {
+    joined: usize,
+    join_failures: Vec<Failure>,
+    connect_took: Duration,
+    cpu: WindowReadings,
+    my_cpu: u64,
+    counts: Counts,
+    stats_before: Option<Value>,
+    stats_after: Option<Value>,
+}
+
+/// Prints the summary and the JSON line.
+fn report(args: &Args, r: Report) -> Result<Value, String> {
+    let Report {
+        joined,
+        join_failures,
+        connect_took,
+        cpu,
+        my_cpu,
+        counts,
+        stats_before,
+        stats_after,
+    } = r;
+    let secs = cpu.window.length().as_secs_f64();
+    let per_s = counts.replies as f64 / secs;
+    let ms3 = |v: Option<f64>| v.map(|ms| (ms * 1000.0).round() / 1000.0);
+    let p = |q: f64| ms3(counts.latency.percentile_ms(q));
+    let (p50, p90, p99, max) = (p(50.0), p(90.0), p(99.0), ms3(counts.latency.max_ms()));
+    let us_per = |ms: Option<u64>| {
+        ms.filter(|_| counts.replies > 0)
+            .map(|ms| (ms as f64 * 1000.0 / counts.replies as f64 * 100.0).round() / 100.0)
+    };
+    let server_us = us_per(cpu.server_ms);
+    let client_us = us_per(Some(my_cpu));
+    let timeouts = counts
+        .failures
+        .iter()
+        .filter(|f| f.kind == FailureKind::Timeout)
+        .count();
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+    let stat = |v: &Option<Value>, key: &str| v.as_ref().and_then(|s| s.get(key)).cloned();
+
+    println!(
+        "joined    {joined} of {} in {:.1} s; failed: {}",
+        args.clients,
+        connect_took.as_secs_f64(),
+        describe_failures(&join_failures)
+    );
+    println!(
+        "replies   {} in {secs:.3} s = {per_s:.0}/s ({} pushes sent in all)",
+        counts.replies, counts.sent
+    );
+    println!(
+        "latency   p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        opt(p50),
+        opt(p90),
+        opt(p99),
+        opt(max)
+    );
+    match (cpu.server_ms, server_us) {
+        (Some(ms), Some(us)) => println!(
+            "cpu       server {ms} ms = {us:.2} µs per reply; fawkes-bench {my_cpu} ms = {} µs per reply",
+            client_us.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+        ),
+        _ => println!(
+            "cpu       fawkes-bench {my_cpu} ms over the window{}",
+            if args.server_pid.is_some() {
+                " (the server could not be read)"
+            } else {
+                " (no --server-pid)"
+            }
+        ),
+    }
+    println!(
+        "failures  while pushing: {}",
+        describe_failures(&counts.failures)
+    );
+    let report = json!({
+        "scenario": "pingpong",
+        "clients": args.clients,
+        "in_flight": args.in_flight,
+        "workers": args.workers,
+        "payload_bytes": args.payload_bytes,
+        "joined": joined,
+        "join_failures": join_failures.len(),
+        "warmup_s": args.warmup.as_secs_f64(),
+        "window_s": (secs * 1000.0).round() / 1000.0,
+        "replies": counts.replies,
+        "sent": counts.sent,
+        "replies_per_s": per_s.round(),
+        "latency_p50_ms": p50,
+        "latency_p90_ms": p90,
+        "latency_p99_ms": p99,
+        "latency_max_ms": max,
+        "server_cpu_ms": cpu.server_ms,
+        "server_cpu_us_per_reply": server_us,
+        "client_cpu_ms": my_cpu,
+        "client_cpu_us_per_reply": client_us,
+        "failures": counts.failures.len(),
+        "timeouts": timeouts,
+        "server_sockets_before": stat(&stats_before, "sockets"),
+        "server_sockets_after": stat(&stats_after, "sockets"),
+    });
+    println!("{report}");
+    let lost = join_failures.len() + counts.failures.len();
+    if lost > 0 {
+        return Err(format!(
+            "{lost} of {} clients failed to join or while pushing",
+            args.clients
+        ));
+    }
+    Ok(report)
+}
+
+fn context(args: &Args, target: Target, sources: Sources) -> Result<Arc<Ctx>, String> {
+    let in_flight = usize::try_from(args.in_flight).map_err(|e| e.to_string())?;
+    Ok(Arc::new(Ctx {
+        target,
+        sources,
+        topics: args.topics as usize,
+        in_flight,
+        payload: payload(args.payload_bytes),
+        step_timeout: Duration::from_secs(args.timeout),
+    }))
+}
+
+/// The options worker `w` of `workers` runs with.
+fn worker_args(args: &Args, workers: usize, w: usize, sources: u8) -> Vec<String> {
+    let (first, count) = share(args.clients, workers, w);
+    let secs = |d: Duration| d.as_secs_f64().to_string();
+    [
+        ("--url", args.url.clone()),
+        ("--clients", count.to_string()),
+        ("--first-client", first.to_string()),
+        ("--in-flight", args.in_flight.to_string()),
+        ("--duration", secs(args.duration)),
+        ("--warmup", secs(args.warmup)),
+        ("--topics", args.topics.to_string()),
+        ("--payload-bytes", args.payload_bytes.to_string()),
+        ("--rate", (args.rate / workers as f64).to_string()),
+        ("--timeout", args.timeout.to_string()),
+        ("--source-addrs", sources.to_string()),
+        ("--source-offset", (w * usize::from(sources)).to_string()),
+    ]
+    .into_iter()
+    .fold(vec!["pingpong".to_owned()], |mut v, (k, val)| {
+        v.push(k.to_owned());
+        v.push(val);
+        v
+    })
+}
+
+/// A worker of `--workers`: connects its share, says `ready`, pushes from
+/// the parent's `go` for the warm-up and the window, and writes its counts
+/// and its CPU time over the window as `result`.
+async fn worker(args: Args, index: usize) -> Result<Value, String> {
+    let target = Target::resolve(&args.url, Transport::WebSocket).await?;
+    check_own_file_limit(args.clients)?;
+    let mut parent = Parent::watch(index);
+    let sources = Sources::starting_at(args.source_offset, args.source_addrs)?;
+    let ctx = context(&args, target, sources)?;
+    let label = format!("worker {index}: ");
+    let clients = Clients::connect(ctx, args.clients, args.first_client, args.rate, &label).await;
+    emit(
+        index,
+        "ready",
+        json!({
+            "joined": clients.joined,
+            "failures": failures_to_json(&clients.join_failures),
+        }),
+    );
+    parent.go().await;
+    let window = Window::after(Instant::now(), args.warmup, args.duration);
+    let running = tokio::spawn(clients.run(window, Duration::from_secs(args.timeout)));
+    let cpu = WindowReadings::read(window, None, None).await?;
+    let counts = running
+        .await
+        .map_err(|e| format!("the clients failed: {e}"))?;
+    let mut data = counts.to_json();
+    data["cpu_ms"] = json!(cpu.client_ms);
+    emit(index, "result", data.clone());
+    Ok(data)
+}
+
+/// One client: connect, join, wait for the window, then keep
+/// `in_flight` pushes going until it closes.
+async fn client(
+    i: usize,
+    ctx: Arc<Ctx>,
+    tx: mpsc::UnboundedSender<Event>,
+    mut window: watch::Receiver<Option<Window>>,
+    stop: CancellationToken,
+) {
+    let topic = format!("bench:{}", i % ctx.topics);
+    let limit = ctx.step_timeout;
+    let joining = async {
+        let mut session = timeout(
+            limit,
+            Session::open(&ctx.target, ctx.sources.for_connection(i)),
+        )
+        .await
+        .map_err(|_| Failure::new(FailureKind::Timeout, "connect and handshake"))??;
+        let join_ref = timeout(limit, session.join_with_ref(&topic))
+            .await
+            .map_err(|_| Failure::new(FailureKind::Timeout, "join reply"))??;
+        Ok::<_, Failure>((session, join_ref))
+    };
+    let (mut session, join_ref) = tokio::select! {
+        _ = stop.cancelled() => return,
+        r = joining => match r {
+            Ok(joined) => joined,
+            Err(f) => {
+                let _ = tx.send(Event::Failed(f));
+                return;
+            }
+        },
+    };
+    let _ = tx.send(Event::Joined);
+
+    // Idle until the window is set: heartbeats keep the server from
+    // closing a socket that waits long for the others.
+    let beat_every = Duration::from_secs(30);
+    let mut beat = interval_at(Instant::now() + beat_every, beat_every);
+    let mut counts = Counts::default();
+    let window = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            // The guard is dropped at once: it must not live across awaits.
+            w = async { window.wait_for(Option::is_some).await.map(|w| *w) } => match w {
+                Ok(w) => break w,
+                Err(_) => return,
+            },
+            _ = beat.tick() => if let Err(f) = session.heartbeat().await {
+                counts.failures.push(f);
+                let _ = tx.send(Event::Done(counts));
+                return;
+            },
+            r = session.recv() => if let Err(f) = r {
+                counts.failures.push(f);
+                let _ = tx.send(Event::Done(counts));
+                return;
+            },
+        }
+    };
+    let Some(window) = window else { return };
+
+    if let Err(f) = pushes(
+        &mut session,
+        &ctx,
+        &topic,
+        &join_ref,
+        window,
+        &mut counts,
+        &stop,
+    )
+    .await
+    {
+        counts.failures.push(f);
+    } else {
+        let _ = timeout(Duration::from_secs(2), session.close()).await;
+    }
+    let _ = tx.send(Event::Done(counts));
+}
+
+/// Keeps `in_flight` pings going until the window closes, then waits for
+/// those still in flight.
+async fn pushes(
+    session: &mut Session,
+    ctx: &Ctx,
+    topic: &str,
+    join_ref: &Value,
+    window: Window,
+    counts: &mut Counts,
+    stop: &CancellationToken,
+) -> Result<(), Failure> {
+    // Refs in send order with their send times: replies come in order, so
+    // the match is nearly always the front.
+    let mut pending: VecDeque<(u64, Instant)> = VecDeque::with_capacity(ctx.in_flight);
+    for _ in 0..ctx.in_flight {
+        pending.push_back(ping(session, ctx, topic, join_ref).await?);
+        counts.sent += 1;
+    }
+    // The oldest ping's age is checked each second rather than with a timer
+    // per reply: a timeout need not be precise, the replies' cost should be
+    // the server's.
+    let mut check = interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    while let Some(&(_, oldest)) = pending.front() {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                if oldest.elapsed() >= ctx.step_timeout {
+                    return Err(Failure::new(
+                        FailureKind::Timeout,
+                        format!("a ping unanswered for {} s", ctx.step_timeout.as_secs()),
+                    ));
+                }
+                continue;
+            }
+            r = session.recv() => r?,
+        };
+        if msg.event != events::REPLY || msg.topic != topic {
+            continue;
+        }
+        let Some(n) = msg.ref_.as_ref().and_then(number) else {
+            continue;
+        };
+        let Some(pos) = pending.iter().position(|&(r, _)| r == n) else {
+            continue;
+        };
+        let now = Instant::now();
+        let sent_at = pending.remove(pos).map_or(now, |(_, t)| t);
+        reply_response(&msg)?;
+        if window.contains(now) {
+            counts.replies += 1;
+            counts.latency.record(now - sent_at);
+        }
+        if now < window.to {
+            pending.push_back(ping(session, ctx, topic, join_ref).await?);
+            counts.sent += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A ref's number: the tool sends decimal strings.
+fn number(r: &Value) -> Option<u64> {
+    r.as_str().and_then(|s| s.parse().ok())
+}
+
+/// Sends one `ping`; its ref number and send time.
+async fn ping(
+    session: &mut Session,
+    ctx: &Ctx,
+    topic: &str,
+    join_ref: &Value,
+) -> Result<(u64, Instant), Failure> {
+    let r = session
+        .push(Some(join_ref.clone()), topic, "ping", ctx.payload.clone())
+        .await?;
+    Ok((number(&r).unwrap_or(0), Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_are_counted_over_the_window() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(fawkes_conformance::serve(
+            listener,
+            fawkes_conformance::Options::default(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let args = Args {
+            url: format!("ws://127.0.0.1:{port}/socket/websocket"),
+            clients: 8,
+            in_flight: 4,
+            duration: Duration::from_millis(800),
+            warmup: Duration::from_millis(200),
+            topics: 3,
+            payload_bytes: 16,
+            rate: 1000.0,
+            server_pid: Some(std::process::id()),
+            source_addrs: 2,
+            timeout: 5,
+            workers: 1,
+            worker_index: None,
+            first_client: 0,
+            source_offset: 0,
+        };
+        let report = run(args).await.unwrap();
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+        assert_eq!(report["joined"], 8, "{report}");
+        assert_eq!(report["failures"], 0, "{report}");
+        assert_eq!(report["timeouts"], 0, "{report}");
+        let replies = report["replies"].as_u64().unwrap();
+        assert!(replies > 0, "{report}");
+        assert!(
+            report["sent"].as_u64().unwrap() >= replies + 8 * 4,
+            "{report}"
+        );
+        assert!(report["latency_p99_ms"].as_f64().is_some(), "{report}");
+        assert!(report["server_cpu_ms"].as_u64().is_some(), "{report}");
+        assert_eq!(report["server_sockets_before"], 0, "{report}");
+    }
+
+    #[test]
+    fn counts_round_trip_as_json() {
+        let mut c = Counts {
+            replies: 5,
+            sent: 9,
+            ..Counts::default()
+        };
+        c.latency.record(Duration::from_micros(150));
+        c.failures.push(Failure::new(FailureKind::Timeout, "x"));
+        let back = Counts::from_json(&c.to_json()).unwrap();
+        assert_eq!((back.replies, back.sent), (5, 9));
+        assert_eq!(back.latency.len(), 1);
+        assert_eq!(back.failures.len(), 1);
+    }
 }
