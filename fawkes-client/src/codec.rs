@@ -1,12 +1,15 @@
-//! The client's side of the wire: client messages out, server frames in.
+//! The client's side of the wire, in the driver's own types.
 //!
-//! Text frames go through [`fawkes_protocol::Serializer`], whose decoder
-//! reads the shape a server writes too. The V2 binary forms differ by
-//! direction (PROTOCOL §2.3: a client push carries a ref, server pushes do
-//! not, replies and broadcasts are kinds 1 and 2), so they are written here.
+//! `fawkes-protocol` writes and reads every frame, in the client's direction
+//! ([`Serializer::encode_client`], [`Serializer::decode_server_text`],
+//! [`Serializer::decode_server_binary`]); this module only maps its messages
+//! to and from what the driver uses: refs as strings, and a reply's status
+//! and response apart.
 
 use bytes::Bytes;
-use fawkes_protocol::{DecodeError, EncodeError, Frame, Message, Payload, Serializer, events};
+use fawkes_protocol::{
+    DecodeError, EncodeError, Frame, Message, Payload, Serializer, ServerMessage, events,
+};
 use serde_json::{Value, json};
 
 /// One decoded server message, refs as strings (phoenix.js compares refs as
@@ -17,7 +20,14 @@ pub(crate) struct Incoming {
     pub ref_: Option<String>,
     pub topic: String,
     pub event: String,
-    pub payload: Payload,
+    body: Body,
+}
+
+/// What a message carries: a payload, or a well-formed reply's parts.
+#[derive(Debug, Clone, PartialEq)]
+enum Body {
+    Payload(Payload),
+    Reply(ReplyParts),
 }
 
 /// The status and response of a `phx_reply`.
@@ -28,19 +38,25 @@ pub(crate) struct ReplyParts {
 }
 
 impl Incoming {
-    /// The status and response, if this is a well-formed JSON `phx_reply`
-    /// (a binary reply's status comes from [`decode_binary`] instead).
-    pub fn reply(&self) -> Option<ReplyParts> {
-        if self.event != events::REPLY {
-            return None;
+    /// The status and response, if this is a well-formed `phx_reply`.
+    pub fn reply(&self) -> Option<&ReplyParts> {
+        match &self.body {
+            Body::Reply(parts) => Some(parts),
+            Body::Payload(_) => None,
         }
-        let obj = self.payload.as_json()?.as_object()?;
-        let status = obj.get("status")?.as_str()?.to_owned();
-        let response = obj.get("response").cloned().unwrap_or(Value::Null);
-        Some(ReplyParts {
-            status,
-            response: Payload::Json(response),
-        })
+    }
+
+    /// The payload as phoenix.js hands it on: a JSON reply's is
+    /// `{"status","response"}`, a binary reply's is its response bytes.
+    pub fn payload(&self) -> Payload {
+        match &self.body {
+            Body::Payload(p) => p.clone(),
+            Body::Reply(ReplyParts {
+                status,
+                response: Payload::Json(response),
+            }) => Payload::Json(json!({"status": status, "response": response})),
+            Body::Reply(ReplyParts { response, .. }) => response.clone(),
+        }
     }
 }
 
@@ -56,85 +72,34 @@ fn ref_string(value: Option<Value>) -> Option<String> {
 
 /// Decodes a text frame from the server.
 pub(crate) fn decode_text(serializer: Serializer, text: &str) -> Result<Incoming, DecodeError> {
-    let msg = serializer.decode_text(text)?;
-    Ok(from_message(msg))
-}
-
-fn from_message(msg: Message) -> Incoming {
-    Incoming {
-        join_ref: ref_string(msg.join_ref),
-        ref_: ref_string(msg.ref_),
-        topic: msg.topic,
-        event: msg.event,
-        payload: msg.payload,
-    }
-}
-
-/// A decoded binary frame: a message, and for a reply (kind 1) its status.
-pub(crate) struct BinaryIn {
-    pub msg: Incoming,
-    pub reply_status: Option<String>,
+    serializer.decode_server_text(text).map(incoming)
 }
 
 /// Decodes a V2 binary frame from the server (kinds 0, 1, 2).
-pub(crate) fn decode_binary(frame: Bytes) -> Result<BinaryIn, DecodeError> {
-    let &kind = frame.first().ok_or(DecodeError::Truncated)?;
-    // Field names per kind; the header holds one length byte per field.
-    let names: &[&'static str] = match kind {
-        0 => &["join_ref", "topic", "event"],
-        1 => &["join_ref", "ref", "topic", "status"],
-        2 => &["topic", "event"],
-        other => return Err(DecodeError::UnknownKind(other)),
-    };
-    let header_len = 1 + names.len();
-    let lens = frame.get(1..header_len).ok_or(DecodeError::Truncated)?;
-    let payload_start = header_len + lens.iter().map(|&l| usize::from(l)).sum::<usize>();
-    if payload_start > frame.len() {
-        return Err(DecodeError::Truncated);
+pub(crate) fn decode_binary(frame: Bytes) -> Result<Incoming, DecodeError> {
+    Serializer::V2.decode_server_binary(frame).map(incoming)
+}
+
+fn incoming(msg: ServerMessage) -> Incoming {
+    match msg {
+        ServerMessage::Message(m) => Incoming {
+            join_ref: ref_string(m.join_ref),
+            ref_: ref_string(m.ref_),
+            topic: m.topic,
+            event: m.event,
+            body: Body::Payload(m.payload),
+        },
+        ServerMessage::Reply(r) => Incoming {
+            join_ref: ref_string(r.join_ref),
+            ref_: ref_string(r.ref_),
+            topic: r.topic,
+            event: events::REPLY.to_owned(),
+            body: Body::Reply(ReplyParts {
+                status: r.status,
+                response: r.response,
+            }),
+        },
     }
-    let mut at = header_len;
-    let mut fields = Vec::with_capacity(names.len());
-    for (&len, &name) in lens.iter().zip(names) {
-        let end = at + usize::from(len);
-        let text =
-            std::str::from_utf8(&frame[at..end]).map_err(|_| DecodeError::InvalidUtf8(name))?;
-        fields.push(text.to_owned());
-        at = end;
-    }
-    let payload = Payload::Binary(frame.slice(payload_start..));
-    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
-    Ok(match kind {
-        0 => BinaryIn {
-            msg: Incoming {
-                join_ref: some(&fields[0]),
-                ref_: None,
-                topic: fields[1].clone(),
-                event: fields[2].clone(),
-                payload,
-            },
-            reply_status: None,
-        },
-        1 => BinaryIn {
-            msg: Incoming {
-                join_ref: some(&fields[0]),
-                ref_: some(&fields[1]),
-                topic: fields[2].clone(),
-                event: events::REPLY.to_owned(),
-                payload,
-            },
-            reply_status: Some(fields[3].clone()),
-        },
-        _ => BinaryIn {
-            msg: Incoming {
-                join_ref: None,
-                ref_: None,
-                topic: fields[0].clone(),
-                event: fields[1].clone(),
-                payload,
-            },
-            reply_status: None,
-        },
-    })
 }
 
 /// One client message to encode.
@@ -148,60 +113,15 @@ pub(crate) struct Outgoing<'a> {
 
 /// Encodes a client message: JSON text, or a kind 0 binary push (V2 only).
 pub(crate) fn encode(serializer: Serializer, out: &Outgoing<'_>) -> Result<Frame, EncodeError> {
-    match (serializer, out.payload) {
-        (Serializer::V1, Payload::Binary(_)) => Err(EncodeError::BinaryUnsupported),
-        (Serializer::V1, Payload::Json(payload)) => {
-            // phoenix.js with a V1 encoder sends the whole message object,
-            // join_ref included, so the server can drop stale messages.
-            let obj = json!({
-                "topic": out.topic,
-                "event": out.event,
-                "payload": payload,
-                "ref": out.ref_,
-                "join_ref": out.join_ref,
-            });
-            Ok(Frame::Text(Bytes::from(obj.to_string())))
-        }
-        (Serializer::V2, Payload::Json(_)) => {
-            // The V2 text array is symmetric, so the server encoder writes it.
-            let msg = Message {
-                join_ref: out.join_ref.map(|r| Value::String(r.to_owned())),
-                ref_: out.ref_.map(|r| Value::String(r.to_owned())),
-                topic: out.topic.to_owned(),
-                event: out.event.to_owned(),
-                payload: out.payload.clone(),
-            };
-            Serializer::V2.encode_push(&msg)
-        }
-        (Serializer::V2, Payload::Binary(bytes)) => {
-            encode_binary_push(out, bytes).map(Frame::Binary)
-        }
-    }
-}
-
-/// A kind 0 client push: five length bytes, the strings, the payload.
-fn encode_binary_push(out: &Outgoing<'_>, payload: &[u8]) -> Result<Bytes, EncodeError> {
-    let fields = [
-        ("join_ref", out.join_ref.unwrap_or("")),
-        ("ref", out.ref_.unwrap_or("")),
-        ("topic", out.topic),
-        ("event", out.event),
-    ];
-    let mut buf =
-        Vec::with_capacity(5 + fields.iter().map(|f| f.1.len()).sum::<usize>() + payload.len());
-    buf.push(0);
-    for (field, value) in fields {
-        let len = u8::try_from(value.len()).map_err(|_| EncodeError::FieldTooLong {
-            field,
-            len: value.len(),
-        })?;
-        buf.push(len);
-    }
-    for (_, value) in fields {
-        buf.extend_from_slice(value.as_bytes());
-    }
-    buf.extend_from_slice(payload);
-    Ok(Bytes::from(buf))
+    let string = |r: &str| Value::String(r.to_owned());
+    let msg = Message {
+        join_ref: out.join_ref.map(string),
+        ref_: out.ref_.map(string),
+        topic: out.topic.to_owned(),
+        event: out.event.to_owned(),
+        payload: out.payload.clone(),
+    };
+    serializer.encode_client(&msg)
 }
 
 #[cfg(test)]
@@ -231,22 +151,29 @@ mod tests {
         let mut reply = vec![1, 1, 1, 10, 2];
         reply.extend_from_slice(b"39room:lobbyokhello world");
         let got = decode_binary(Bytes::from(reply)).unwrap();
-        assert_eq!(got.reply_status.as_deref(), Some("ok"));
-        assert_eq!(got.msg.ref_.as_deref(), Some("9"));
+        let hello = Payload::Binary(Bytes::from_static(b"hello world"));
         assert_eq!(
-            got.msg.payload,
-            Payload::Binary(Bytes::from_static(b"hello world"))
+            got.reply(),
+            Some(&ReplyParts {
+                status: "ok".into(),
+                response: hello.clone(),
+            })
         );
+        assert_eq!(got.ref_.as_deref(), Some("9"));
+        assert_eq!(got.event, events::REPLY);
+        // phoenix.js hands a binary reply on as its response bytes.
+        assert_eq!(got.payload(), hello);
 
         let mut push = vec![0, 0, 10, 3];
         push.extend_from_slice(b"room:lobbyevtxy");
         let got = decode_binary(Bytes::from(push)).unwrap();
-        assert_eq!((got.msg.join_ref, got.msg.event.as_str()), (None, "evt"));
+        assert_eq!((got.join_ref, got.event.as_str()), (None, "evt"));
 
         let mut bcast = vec![2, 10, 3];
         bcast.extend_from_slice(b"room:lobbyevt");
         let got = decode_binary(Bytes::from(bcast)).unwrap();
-        assert_eq!(got.msg.payload, Payload::Binary(Bytes::new()));
+        assert_eq!(got.payload(), Payload::Binary(Bytes::new()));
+        assert_eq!(got.reply(), None);
     }
 
     #[test]
@@ -290,5 +217,23 @@ mod tests {
         let reply = msg.reply().unwrap();
         assert_eq!(reply.status, "ok");
         assert_eq!(msg.ref_.as_deref(), Some("2"));
+        assert_eq!(
+            msg.payload(),
+            Payload::Json(json!({"status": "ok", "response": {}}))
+        );
+    }
+
+    #[test]
+    fn malformed_replies_keep_their_payload() {
+        let msg = decode_text(Serializer::V2, r#"["1","2","t","phx_reply",{"oops":1}]"#).unwrap();
+        assert_eq!(msg.reply(), None);
+        assert_eq!(msg.event, events::REPLY);
+        assert_eq!(msg.payload(), Payload::Json(json!({"oops": 1})));
+    }
+
+    #[test]
+    fn numeric_and_empty_refs_become_strings_or_none() {
+        let msg = decode_text(Serializer::V2, r#"[7,"","t","e",{}]"#).unwrap();
+        assert_eq!((msg.join_ref.as_deref(), msg.ref_), (Some("7"), None));
     }
 }

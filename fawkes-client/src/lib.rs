@@ -47,7 +47,8 @@
 //! also holds phoenix.js's static `syncState`, `syncDiff` and `list`. Inside:
 //! `socket` (options, handle, notifications), `channel` (handles, pushes,
 //! streams), `driver` (the one task per socket that owns the connection,
-//! the channels and every timer) and `codec` (client-side frames).
+//! the channels and every timer) and `codec` (protocol messages mapped to
+//! the driver's types; `fawkes-protocol` writes and reads the frames).
 
 mod channel;
 mod codec;

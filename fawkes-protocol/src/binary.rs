@@ -1,5 +1,6 @@
-//! V2 binary frames (PROTOCOL §2.3): decoding client pushes and encoding
-//! server pushes, replies and broadcasts.
+//! V2 binary frames (PROTOCOL §2.3), in both directions: client pushes
+//! (decoded by a server, encoded by a client) and server pushes, replies and
+//! broadcasts (encoded by a server, decoded by a client).
 //!
 //! A frame is a kind byte, one length byte per string field, the fields, and
 //! then the payload, which runs to the end of the frame. Length bytes limit
@@ -11,7 +12,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::{DecodeError, EncodeError, Message, Payload, Ref};
+use crate::{DecodeError, EncodeError, Message, Payload, Ref, Reply, ServerMessage};
 
 /// Kind byte of a push: client to server with five length bytes, server to
 /// client with four (no ref).
@@ -20,8 +21,6 @@ const PUSH: u8 = 0;
 const REPLY: u8 = 1;
 /// Kind byte of a server broadcast, which carries no refs.
 const BROADCAST: u8 = 2;
-/// Length of a client push header: the kind and four field lengths.
-const CLIENT_PUSH_HEADER: usize = 5;
 
 /// Decodes a client push (kind 0, five-byte header).
 ///
@@ -32,27 +31,8 @@ pub(crate) fn decode_push(frame: Bytes) -> Result<Message, DecodeError> {
         // Clients send only kind 0; kinds 1 and 2 exist server to client only.
         return Err(DecodeError::UnknownKind(kind));
     }
-    let header = frame
-        .get(..CLIENT_PUSH_HEADER)
-        .ok_or(DecodeError::Truncated)?;
-    let lens = [header[1], header[2], header[3], header[4]].map(usize::from);
-    let payload_start = CLIENT_PUSH_HEADER + lens.iter().sum::<usize>();
-    // Truncation is checked before any UTF-8, so a short frame is always
-    // reported as such, whichever field it cuts.
-    if payload_start > frame.len() {
-        return Err(DecodeError::Truncated);
-    }
-
-    const NAMES: [&str; 4] = ["join_ref", "ref", "topic", "event"];
-    let mut rest = &frame[CLIENT_PUSH_HEADER..payload_start];
-    let mut strs = [""; 4];
-    for ((slot, len), name) in strs.iter_mut().zip(lens).zip(NAMES) {
-        let (field, tail) = rest.split_at_checked(len).ok_or(DecodeError::Truncated)?;
-        rest = tail;
-        *slot = std::str::from_utf8(field).map_err(|_| DecodeError::InvalidUtf8(name))?;
-    }
-    let [join_ref, ref_, topic, event] = strs;
-
+    let ([join_ref, ref_, topic, event], payload_start) =
+        read_fields(&frame, ["join_ref", "ref", "topic", "event"])?;
     Ok(Message {
         join_ref: decode_ref(join_ref),
         ref_: decode_ref(ref_),
@@ -60,6 +40,75 @@ pub(crate) fn decode_push(frame: Bytes) -> Result<Message, DecodeError> {
         event: event.to_owned(),
         payload: Payload::Binary(frame.slice(payload_start..)),
     })
+}
+
+/// Decodes a server frame: a push (kind 0, four-byte header, no ref), a
+/// reply (kind 1) or a broadcast (kind 2, no refs).
+///
+/// The payload is a slice of `frame`, so no payload bytes are copied.
+pub(crate) fn decode_server(frame: Bytes) -> Result<ServerMessage, DecodeError> {
+    let &kind = frame.first().ok_or(DecodeError::Truncated)?;
+    match kind {
+        PUSH => {
+            let ([join_ref, topic, event], start) =
+                read_fields(&frame, ["join_ref", "topic", "event"])?;
+            Ok(ServerMessage::Message(Message {
+                join_ref: decode_ref(join_ref),
+                ref_: None,
+                topic: topic.to_owned(),
+                event: event.to_owned(),
+                payload: Payload::Binary(frame.slice(start..)),
+            }))
+        }
+        REPLY => {
+            let ([join_ref, ref_, topic, status], start) =
+                read_fields(&frame, ["join_ref", "ref", "topic", "status"])?;
+            Ok(ServerMessage::Reply(Reply {
+                join_ref: decode_ref(join_ref),
+                ref_: decode_ref(ref_),
+                topic: topic.to_owned(),
+                status: status.to_owned(),
+                response: Payload::Binary(frame.slice(start..)),
+            }))
+        }
+        BROADCAST => {
+            let ([topic, event], start) = read_fields(&frame, ["topic", "event"])?;
+            Ok(ServerMessage::Message(Message {
+                join_ref: None,
+                ref_: None,
+                topic: topic.to_owned(),
+                event: event.to_owned(),
+                payload: Payload::Binary(frame.slice(start..)),
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// Reads the `N` string fields after the kind byte of `frame`, named
+/// `names` for errors; returns them and where the payload starts.
+fn read_fields<'a, const N: usize>(
+    frame: &'a [u8],
+    names: [&'static str; N],
+) -> Result<([&'a str; N], usize), DecodeError> {
+    let header_len = 1 + N;
+    let lens = frame.get(1..header_len).ok_or(DecodeError::Truncated)?;
+    let payload_start = header_len + lens.iter().map(|&l| usize::from(l)).sum::<usize>();
+    // Truncation is checked before any UTF-8, so a short frame is always
+    // reported as such, whichever field it cuts.
+    if payload_start > frame.len() {
+        return Err(DecodeError::Truncated);
+    }
+    let mut rest = &frame[header_len..payload_start];
+    let mut strs = [""; N];
+    for ((slot, &len), name) in strs.iter_mut().zip(lens).zip(names) {
+        let (field, tail) = rest
+            .split_at_checked(usize::from(len))
+            .ok_or(DecodeError::Truncated)?;
+        rest = tail;
+        *slot = std::str::from_utf8(field).map_err(|_| DecodeError::InvalidUtf8(name))?;
+    }
+    Ok((strs, payload_start))
 }
 
 /// An empty ref field is a null ref (phoenix.js treats `""` like null).
@@ -151,9 +200,6 @@ fn encode(kind: u8, fields: &[(&'static str, &str)], payload: &[u8]) -> Result<B
 }
 
 /// Encodes a client push (kind 0, five-byte header), as phoenix.js does.
-///
-/// Only tests need it: the server never sends this form.
-#[cfg(test)]
 pub(crate) fn encode_client_push(
     join_ref: Option<&Ref>,
     ref_: Option<&Ref>,

@@ -2,9 +2,10 @@
 
 use thiserror::Error;
 
-/// A client frame that is not a valid protocol message.
+/// A frame that is not a valid protocol message.
 ///
-/// Every variant is fatal for the connection that sent it (PROTOCOL §4.3).
+/// For a server every variant is fatal for the connection that sent it
+/// (PROTOCOL §4.3); a client decoding server frames gets the same errors.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -29,7 +30,9 @@ pub enum DecodeError {
     /// A binary frame shorter than its header says.
     #[error("binary frame truncated")]
     Truncated,
-    /// A binary frame whose first byte is not a client push (kind 0).
+    /// A binary frame whose first byte is not a kind of its direction: a
+    /// client sends only pushes (kind 0), a server pushes, replies and
+    /// broadcasts (kinds 0, 1 and 2).
     #[error("unknown binary frame kind {0}")]
     UnknownKind(u8),
     /// A string field of a binary frame is not UTF-8.

@@ -167,6 +167,40 @@ impl Reply {
     }
 }
 
+/// A server frame as a client decodes it: a reply, or any other message.
+///
+/// A reply gets its own variant because its binary form (kind 1) has no
+/// event and no JSON payload: its status sits in the header and its
+/// response is the rest of the frame. A [`Message`] cannot hold both, so
+/// every reply, text or binary, decodes to a [`Reply`]: the text payload
+/// `{"status": S, "response": R}` becomes `status` S and response
+/// [`Payload::Json`] R, a binary reply's bytes become [`Payload::Binary`].
+/// Decoding is thus the inverse of [`Serializer::encode_reply`] and
+/// [`Serializer::encode_push`](crate::Serializer::encode_push), up to what
+/// the wire drops (see
+/// [`Serializer::decode_server_text`](crate::Serializer::decode_server_text)
+/// and [`Serializer::decode_server_binary`](crate::Serializer::decode_server_binary)).
+///
+/// [`Serializer::encode_reply`]: crate::Serializer::encode_reply
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage {
+    /// A push, broadcast, `phx_close` or `phx_error`: anything but a
+    /// well-formed `phx_reply`.
+    Message(Message),
+    /// A `phx_reply`.
+    Reply(Reply),
+}
+
+impl ServerMessage {
+    /// The topic, whichever the variant.
+    pub fn topic(&self) -> &str {
+        match self {
+            ServerMessage::Message(m) => &m.topic,
+            ServerMessage::Reply(r) => &r.topic,
+        }
+    }
+}
+
 /// An encoded frame, ready for a transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {

@@ -213,7 +213,7 @@ impl Serializer {
     ///
     /// The frame goes straight into one buffer, with no intermediate
     /// [`Value`], because broadcasts make this the hot path.
-    fn text_frame(
+    pub(crate) fn text_frame(
         self,
         join_ref: Option<&Ref>,
         ref_: Option<&Ref>,
@@ -348,7 +348,7 @@ fn string_field(value: Value, field: &'static str) -> Result<String, DecodeError
 }
 
 /// Writes a ref as its exact JSON value, or `null`.
-fn write_ref(buf: &mut Vec<u8>, r: Option<&Ref>) {
+pub(crate) fn write_ref(buf: &mut Vec<u8>, r: Option<&Ref>) {
     match r {
         Some(r) => write_value(buf, r),
         None => buf.extend_from_slice(b"null"),
@@ -356,13 +356,13 @@ fn write_ref(buf: &mut Vec<u8>, r: Option<&Ref>) {
 }
 
 /// Writes a JSON string, escaped.
-fn write_str(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str) {
     // Serializing a str into a Vec has no failure path.
     serde_json::to_writer(buf, s).expect("a str always serializes into a Vec");
 }
 
 /// Writes a JSON value, compact.
-fn write_value(buf: &mut Vec<u8>, value: &Value) {
+pub(crate) fn write_value(buf: &mut Vec<u8>, value: &Value) {
     // A Value has string keys and finite numbers only, and a Vec never fails
     // to grow, so serializing cannot fail.
     serde_json::to_writer(buf, value).expect("a Value always serializes into a Vec");

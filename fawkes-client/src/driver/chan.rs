@@ -15,19 +15,13 @@ use crate::codec::{Incoming, Outgoing, ReplyParts};
 impl Driver {
     // ---- messages -------------------------------------------------------
 
-    pub(super) fn on_message(&mut self, msg: Incoming, reply_status: Option<String>) {
+    pub(super) fn on_message(&mut self, msg: Incoming) {
         if msg.ref_.is_some() && msg.ref_ == self.pending_heartbeat {
             self.pending_heartbeat = None;
             self.heartbeat_timeout_at = None;
             self.heartbeat_at = Some(Instant::now() + self.opts.heartbeat_interval);
         }
-        let reply = match reply_status {
-            Some(status) => Some(ReplyParts {
-                status,
-                response: msg.payload.clone(),
-            }),
-            None => msg.reply(),
-        };
+        let reply = msg.reply().cloned();
         if self.shared.messages.receiver_count() > 0 {
             self.emit_message(&msg);
         }
@@ -82,7 +76,7 @@ impl Driver {
             let ev = ChannelEvent {
                 topic: msg.topic.clone(),
                 event: msg.event.clone(),
-                payload: msg.payload.clone(),
+                payload: msg.payload(),
                 ref_: msg.ref_.clone(),
                 join_ref: msg.join_ref.clone().or_else(|| entry.join_ref.clone()),
             };
@@ -99,7 +93,7 @@ impl Driver {
         let _ = self.shared.messages.send(ChannelEvent {
             topic: msg.topic.clone(),
             event: msg.event.clone(),
-            payload: msg.payload.clone(),
+            payload: msg.payload(),
             ref_: msg.ref_.clone(),
             join_ref: msg.join_ref.clone(),
         });

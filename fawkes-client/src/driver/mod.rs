@@ -465,7 +465,7 @@ impl Driver {
         match frame {
             Some(Ok(WsMessage::Text(text))) => {
                 match codec::decode_text(serializer, text.as_str()) {
-                    Ok(msg) => self.on_message(msg, None),
+                    Ok(msg) => self.on_message(msg),
                     Err(e) => {
                         tracing::warn!(target: TARGET, error = %e, "bad text frame from the server, skipped")
                     }
@@ -477,7 +477,7 @@ impl Driver {
                     return;
                 }
                 match codec::decode_binary(bytes) {
-                    Ok(b) => self.on_message(b.msg, b.reply_status),
+                    Ok(msg) => self.on_message(msg),
                     Err(e) => {
                         tracing::warn!(target: TARGET, error = %e, "bad binary frame from the server, skipped")
                     }
