@@ -24,7 +24,8 @@
 //! * [`pubsub`]: topics, subscribers, the fast lane, the cluster adapter seam.
 //! * [`presence`]: who is on a topic (`presence_state` / `presence_diff`),
 //!   on a replicated tracker.
-//! * [`transport`]: WebSocket and LongPoll on axum, origin check, limits.
+//! * [`transport`]: WebSocket and LongPoll on axum, origin check, limits;
+//!   an in-memory transport for clients in the same process.
 //! * [`endpoint`]: the builder and the handle users hold.
 //! * [`token`]: signed tokens, to authenticate sockets (and LongPoll sessions).
 //! * `testing` (feature `testing`): in-memory sockets to test channels
@@ -53,7 +54,9 @@ pub use fawkes_protocol::Payload;
 pub use presence::{Presence, PresenceConfig, PresenceError, PresenceOwner};
 pub use socket::{Assigns, ConnectInfo, Params, Refused, Socket, Transport};
 pub use token::{Token, TokenError};
-pub use transport::{CheckOrigin, LongPollConfig, TransportError, WebSocketConfig};
+pub use transport::{
+    CheckOrigin, LongPollConfig, MemoryConfig, MemoryTransport, TransportError, WebSocketConfig,
+};
 
 /// Compiles the README's examples.
 #[cfg(doctest)]

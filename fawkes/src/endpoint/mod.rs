@@ -6,6 +6,7 @@
 //! channel, disconnects sockets by id, reports counts and shuts down.
 //!
 //! ```no_run
+//! use axum::serve::ListenerExt;
 //! use fawkes::{Assigns, Channel, ConnectInfo, Context, Endpoint, HandleResult, Params, Payload, Refused, Socket};
 //! use serde_json::{json, Value};
 //!
@@ -34,6 +35,11 @@
 //!     .channel("room:*", Room)
 //!     .build();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! // Realtime frames are small: send each at once, never held back by
+//! // Nagle's algorithm waiting for the client's delayed ACK.
+//! let listener = listener.tap_io(|tcp| {
+//!     let _ = tcp.set_nodelay(true);
+//! });
 //! let shutdown = endpoint.clone();
 //! axum::serve(listener, router)
 //!     .with_graceful_shutdown(async move {
@@ -73,8 +79,8 @@ pub(crate) struct Shared {
     pub(crate) channels: AtomicUsize,
     /// Signs LongPoll session tokens.
     pub(crate) token: Token,
-    /// The mounted sockets by path, for in-memory sockets ([`crate::testing`]).
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    /// The mounted sockets by path, for in-memory sockets
+    /// ([`crate::transport::memory`], `testing`).
     pub(crate) mounts: Vec<(String, Arc<SocketConfig>)>,
     shutdown_timeout: Duration,
 }
@@ -127,7 +133,6 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }

@@ -78,7 +78,7 @@ pub(crate) struct SocketShared {
     pub(crate) cancel: CancellationToken,
     limits: OutboxLimits,
     out: Mutex<Outbox>,
-    notify: Notify,
+    pub(crate) notify: Notify,
 }
 
 #[derive(Default)]

@@ -1,12 +1,13 @@
 //! Transports: how a client's bytes reach its socket, and the socket's
 //! frames reach the client.
 //!
-//! Owns WebSocket and LongPoll on axum, the origin check, `vsn`
-//! negotiation and frame size limits. Knows nothing of channel logic: a
-//! transport decodes frames into messages for the socket and writes out what
-//! the socket's outbox holds.
+//! Owns WebSocket and LongPoll on axum (and [`memory`], for clients in the
+//! same process), the origin check, `vsn` negotiation and frame size
+//! limits. Knows nothing of channel logic: a transport decodes frames into
+//! messages for the socket and writes out what the socket's outbox holds.
 
 pub(crate) mod longpoll;
+pub mod memory;
 mod origin;
 pub(crate) mod websocket;
 
@@ -15,6 +16,7 @@ use fawkes_protocol::Serializer;
 use http::StatusCode;
 
 pub use longpoll::LongPollConfig;
+pub use memory::{MemoryConfig, MemoryTransport};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use websocket::WebSocketConfig;
 
