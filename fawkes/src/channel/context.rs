@@ -20,30 +20,42 @@ const PRESENCE_STATE: &str = "presence_state";
 /// and the ways to reach the client and the topic's other subscribers.
 pub struct Context<C: Channel> {
     core: Arc<ChannelCore>,
-    current_ref: Option<Ref>,
-    /// Frames pushed during `join`, sent after its reply.
-    pending: Option<Vec<Frame>>,
+    phase: Phase,
     _channel: PhantomData<fn() -> C>,
+}
+
+/// One field for what `join` and the later callbacks each need alone: it
+/// lives in the channel's task for its whole life.
+enum Phase {
+    /// Frames pushed during `join`, sent after its reply.
+    Joining(Vec<Frame>),
+    /// The ref of the client message being handled, if any.
+    Joined(Option<Ref>),
 }
 
 impl<C: Channel> Context<C> {
     pub(crate) fn new(core: Arc<ChannelCore>) -> Self {
         Context {
             core,
-            current_ref: None,
-            pending: Some(Vec::new()),
+            phase: Phase::Joining(Vec::new()),
             _channel: PhantomData,
         }
     }
 
     pub(crate) fn joined(&mut self) {
-        for frame in self.pending.take().unwrap_or_default() {
-            self.core.send_frame(frame);
+        if let Phase::Joining(pending) = std::mem::replace(&mut self.phase, Phase::Joined(None)) {
+            for frame in pending {
+                self.core.send_frame(frame);
+            }
         }
     }
 
+    /// Only after [`joined`](Self::joined): callbacks after `join`.
     pub(crate) fn set_ref(&mut self, ref_: Option<Ref>) {
-        self.current_ref = ref_;
+        debug_assert!(matches!(self.phase, Phase::Joined(_)));
+        if let Phase::Joined(current) = &mut self.phase {
+            *current = ref_;
+        }
     }
 
     /// The channel's topic.
@@ -110,9 +122,9 @@ impl<C: Channel> Context<C> {
 
     /// Sends a frame now, or after the join reply while joining.
     fn queue(&mut self, frame: Frame) {
-        match &mut self.pending {
-            Some(pending) => pending.push(frame),
-            None => self.core.send_frame(frame),
+        match &mut self.phase {
+            Phase::Joining(pending) => pending.push(frame),
+            Phase::Joined(_) => self.core.send_frame(frame),
         }
     }
 
@@ -189,10 +201,13 @@ impl<C: Channel> Context<C> {
     /// A handle to answer the client message being handled later, from this
     /// task or another (PROTOCOL §4.4). `None` outside `handle_in`.
     pub fn reply_ref(&self) -> Option<ReplyRef> {
-        self.current_ref.as_ref().map(|r| ReplyRef {
-            core: self.core.clone(),
-            ref_: r.clone(),
-        })
+        match &self.phase {
+            Phase::Joined(Some(r)) => Some(ReplyRef {
+                core: self.core.clone(),
+                ref_: r.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// Sends `msg` to this channel's [`handle_info`](Channel::handle_info),
@@ -208,12 +223,13 @@ impl<C: Channel> Context<C> {
     /// channel has ended or the timer is cancelled.
     pub fn send_after(&self, delay: Duration, msg: C::Info) -> TimerRef {
         let core = self.core.clone();
+        let stop = core.timers().clone();
         let handle = self.core.env.tracker.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {
                     let _ = core.mailbox.send_unbounded(ChannelMsg::Info(Box::new(msg)));
                 }
-                _ = core.cancel.cancelled() => {}
+                _ = stop.cancelled() => {}
             }
         });
         TimerRef(handle.abort_handle())

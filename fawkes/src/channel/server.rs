@@ -2,6 +2,7 @@
 //! channel leaves, stops, crashes, is replaced or its socket closes.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,16 +40,20 @@ pub(crate) enum ChannelMsg {
 /// [`Context`] share.
 pub(crate) struct ChannelCore {
     pub(crate) topic: Arc<str>,
-    /// The join ref as received: `phx_close` and `phx_error` carry it.
-    pub(crate) join_ref: Option<Ref>,
-    /// The join ref pushes and replies carry: `join_ref`, else the join's ref.
+    /// The join ref pushes and replies carry: the join ref as received, else
+    /// the join's ref. Stored once: the two are the same on most joins.
     pub(crate) push_ref: Option<Ref>,
+    /// Whether the join carried a join ref (then it is `push_ref`).
+    pub(crate) has_join_ref: bool,
     pub(crate) instance: u64,
     pub(crate) socket: Arc<SocketShared>,
     pub(crate) env: Arc<Shared>,
     pub(crate) mailbox: Mailbox<ChannelMsg>,
     pub(crate) intercept: &'static [&'static str],
-    pub(crate) cancel: CancellationToken,
+    /// Stops the instance's timers; made on the first `send_after`, a child
+    /// of the socket's token. The task itself watches the socket's token
+    /// and its mailbox, closed by [`kill`](Self::kill).
+    pub(crate) timers: OnceLock<CancellationToken>,
     pub(crate) subscription: OnceLock<SubscriptionId>,
     /// Replaced by a duplicate join: no terminate, nothing more on the wire.
     pub(crate) killed: AtomicBool,
@@ -57,6 +62,26 @@ pub(crate) struct ChannelCore {
 }
 
 impl ChannelCore {
+    /// The join ref as received: `phx_close` and `phx_error` carry it.
+    pub(crate) fn join_ref(&self) -> Option<&Ref> {
+        if self.has_join_ref {
+            self.push_ref.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// The token that stops the instance's timers.
+    pub(crate) fn timers(&self) -> &CancellationToken {
+        self.timers.get_or_init(|| self.socket.cancel.child_token())
+    }
+
+    fn stop_timers(&self) {
+        if let Some(timers) = self.timers.get() {
+            timers.cancel();
+        }
+    }
+
     /// Queues a frame for the client unless the instance was replaced.
     pub(crate) fn send_frame(&self, frame: Frame) {
         if !self.killed.load(Ordering::Acquire) {
@@ -67,8 +92,8 @@ impl ChannelCore {
     /// `phx_close` / `phx_error`: ref = join_ref = the join ref as received.
     pub(crate) fn control_frame(&self, event: &str, payload: Value) -> Option<Frame> {
         let msg = Message {
-            join_ref: self.join_ref.clone(),
-            ref_: self.join_ref.clone(),
+            join_ref: self.join_ref().cloned(),
+            ref_: self.join_ref().cloned(),
             topic: self.topic.to_string(),
             event: event.to_owned(),
             payload: Payload::Json(payload),
@@ -108,7 +133,10 @@ impl ChannelCore {
         if let Some(id) = self.subscription.get() {
             self.env.pubsub.unsubscribe(&self.topic, *id);
         }
-        self.cancel.cancel();
+        // The task finds its mailbox closed and ends; what was queued is
+        // dropped unanswered, as the instance sends nothing more.
+        drop(self.mailbox.close());
+        self.stop_timers();
     }
 }
 
@@ -156,7 +184,14 @@ impl<C: Channel> ChannelFactory for Route<C> {
     fn spawn(&self, core: Arc<ChannelCore>, join: JoinRequest, joined: oneshot::Sender<bool>) {
         let span = tracing::debug_span!("channel", topic = %core.topic, join_ref = ?core.push_ref);
         let tracker = core.env.tracker.clone();
-        tracker.spawn(run(self.0.clone(), core, join, joined).instrument(span));
+        let task = run(self.0.clone(), core, Box::new(join), joined);
+        // A disabled span still takes 40 bytes in every task (see the
+        // memory transport).
+        if span.is_disabled() {
+            tracker.spawn(task);
+        } else {
+            tracker.spawn(task.instrument(span));
+        }
     }
 }
 
@@ -196,30 +231,68 @@ impl Drop for UntrackOnExit {
     }
 }
 
-async fn run<C: Channel>(
+/// The channel task. Its future is what an idle channel costs, so it keeps
+/// only the waiting state: the join (request and state), the callbacks and
+/// the end are boxed.
+// Not an `async fn`: it would store its arguments twice in the task.
+#[allow(clippy::manual_async_fn)]
+fn run<C: Channel>(
     mut chan: C,
     core: Arc<ChannelCore>,
-    join: JoinRequest,
+    join: Box<JoinRequest>,
     joined: oneshot::Sender<bool>,
-) {
-    let _untrack = UntrackOnExit(core.clone());
-    // Boxed: the join's state is not kept for the channel's whole life.
-    let Some(mut ctx) = Box::pin(join_channel(&mut chan, &core, join, joined)).await else {
-        return;
-    };
-    let exit = serve(&mut chan, &core, &mut ctx).await;
-    finish(&mut chan, &core, &mut ctx, exit).await;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // `untrack.0` is the core: one pointer fewer in the task.
+        let untrack = UntrackOnExit(core);
+        let Some(mut ctx) = Box::pin(join_channel(&mut chan, &untrack.0, join, joined)).await
+        else {
+            return;
+        };
+        // The loop is here, not in a function of its own: a future per
+        // call level would cost its own copy of the references.
+        let exit = loop {
+            let msg = tokio::select! {
+                biased;
+                _ = untrack.0.socket.cancel.cancelled() => break socket_closed(&untrack.0),
+                msg = untrack.0.mailbox.recv() => match msg {
+                    Some(msg) => msg,
+                    // Closed by `kill`.
+                    None => break Exit::Killed,
+                },
+            };
+            // Boxed: a callback's state is not kept while the channel idles.
+            if let Some(exit) = Box::pin(handle(&mut chan, &untrack.0, &mut ctx, msg)).await {
+                break exit;
+            }
+        };
+        Box::pin(finish(&mut chan, &untrack.0, &mut ctx, exit)).await;
+    }
+}
+
+/// The exit once the socket's token is cancelled.
+fn socket_closed(core: &ChannelCore) -> Exit {
+    if core.killed.load(Ordering::Acquire) {
+        return Exit::Killed;
+    }
+    let reason = core
+        .socket
+        .close_reason()
+        .map_or("draining", |r| r.stop_reason());
+    Exit::SocketClosed(StopReason::Shutdown(reason.into()))
 }
 
 /// Runs `join` and answers it; the context if the channel joined.
 async fn join_channel<C: Channel>(
     chan: &mut C,
     core: &Arc<ChannelCore>,
-    join: JoinRequest,
+    join: Box<JoinRequest>,
     joined: oneshot::Sender<bool>,
 ) -> Option<Context<C>> {
+    // Unboxed here, so the box is freed with the join's state.
+    let join = *join;
     let mut ctx = Context::new(core.clone());
-    let join_ref = core.join_ref.clone();
+    let join_ref = core.join_ref().cloned();
     let outcome = AssertUnwindSafe(chan.join(&core.topic, join.payload, &mut ctx))
         .catch_unwind()
         .await;
@@ -262,68 +335,61 @@ async fn join_channel<C: Channel>(
     Some(ctx)
 }
 
-async fn serve<C: Channel>(chan: &mut C, core: &ChannelCore, ctx: &mut Context<C>) -> Exit {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = core.cancel.cancelled() => {
-                if core.killed.load(Ordering::Acquire) {
-                    return Exit::Killed;
-                }
-                let reason = core.socket.close_reason().map_or("draining", |r| r.stop_reason());
-                return Exit::SocketClosed(StopReason::Shutdown(reason.into()));
+/// Runs the callback for one message; the exit if the channel ends.
+async fn handle<C: Channel>(
+    chan: &mut C,
+    core: &ChannelCore,
+    ctx: &mut Context<C>,
+    msg: ChannelMsg,
+) -> Option<Exit> {
+    let (result, ref_) = match msg {
+        ChannelMsg::In(incoming) => {
+            let Incoming {
+                event,
+                payload,
+                ref_,
+            } = *incoming;
+            ctx.set_ref(ref_.clone());
+            let r = AssertUnwindSafe(chan.handle_in(&event, payload, ctx))
+                .catch_unwind()
+                .await;
+            (r, ref_)
+        }
+        ChannelMsg::Out(msg) => {
+            ctx.set_ref(None);
+            let r = AssertUnwindSafe(chan.handle_out(&msg.event, &msg.payload, ctx))
+                .catch_unwind()
+                .await;
+            (r, None)
+        }
+        ChannelMsg::Info(info) => {
+            ctx.set_ref(None);
+            let Ok(info) = info.downcast::<C::Info>() else {
+                return None;
+            };
+            let r = AssertUnwindSafe(chan.handle_info(*info, ctx))
+                .catch_unwind()
+                .await;
+            (r, None)
+        }
+        ChannelMsg::Leave(leave) => return Some(Exit::Leave(leave.1)),
+    };
+    match result {
+        Ok(HandleResult::NoReply) => None,
+        Ok(HandleResult::Reply(reply)) => {
+            send_reply(core, ref_, reply);
+            None
+        }
+        Ok(HandleResult::Stop(reason, reply)) => {
+            if let Some(reply) = reply {
+                send_reply(core, ref_, reply);
             }
-            msg = core.mailbox.recv() => match msg {
-                Some(msg) => msg,
-                None => return Exit::Killed,
-            },
-        };
-        let (result, ref_) = match msg {
-            ChannelMsg::In(incoming) => {
-                let Incoming {
-                    event,
-                    payload,
-                    ref_,
-                } = *incoming;
-                ctx.set_ref(ref_.clone());
-                let r = AssertUnwindSafe(chan.handle_in(&event, payload, ctx))
-                    .catch_unwind()
-                    .await;
-                (r, ref_)
-            }
-            ChannelMsg::Out(msg) => {
-                ctx.set_ref(None);
-                let r = AssertUnwindSafe(chan.handle_out(&msg.event, &msg.payload, ctx))
-                    .catch_unwind()
-                    .await;
-                (r, None)
-            }
-            ChannelMsg::Info(info) => {
-                ctx.set_ref(None);
-                let Ok(info) = info.downcast::<C::Info>() else {
-                    continue;
-                };
-                let r = AssertUnwindSafe(chan.handle_info(*info, ctx))
-                    .catch_unwind()
-                    .await;
-                (r, None)
-            }
-            ChannelMsg::Leave(leave) => return Exit::Leave(leave.1),
-        };
-        match result {
-            Ok(HandleResult::NoReply) => {}
-            Ok(HandleResult::Reply(reply)) => send_reply(core, ref_, reply),
-            Ok(HandleResult::Stop(reason, reply)) => {
-                if let Some(reply) = reply {
-                    send_reply(core, ref_, reply);
-                }
-                return Exit::Stop(reason);
-            }
-            Err(panic) => {
-                let message = panic_message(&*panic);
-                tracing::error!(target: "fawkes::channel", topic = %core.topic, panic = %message, "channel crashed");
-                return Exit::Stop(StopReason::Error(message));
-            }
+            Some(Exit::Stop(reason))
+        }
+        Err(panic) => {
+            let message = panic_message(&*panic);
+            tracing::error!(target: "fawkes::channel", topic = %core.topic, panic = %message, "channel crashed");
+            Some(Exit::Stop(StopReason::Error(message)))
         }
     }
 }
@@ -381,8 +447,7 @@ async fn finish<C: Channel>(
         }
         Exit::Killed => release(core),
     }
-    // Stops the instance's timers.
-    core.cancel.cancel();
+    core.stop_timers();
 }
 
 /// Frees the topic on the socket: the socket learns it in the same batch as

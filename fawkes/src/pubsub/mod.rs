@@ -94,7 +94,37 @@ pub trait Adapter: Send + Sync + 'static {
 
 const SHARDS: usize = 16;
 
-type Subscribers = Vec<(SubscriptionId, Arc<dyn Subscriber>)>;
+/// A topic's subscribers, in subscription order: sorted by id, since ids
+/// are taken under the shard's write lock. Unsubscribing leaves a hole
+/// (found by binary search, so closing a million sockets is not O(n²)),
+/// and the holes are swept once they outnumber the live entries: delivery
+/// stays a scan of one array, at 24 bytes per entry.
+#[derive(Default)]
+struct Subscribers {
+    entries: Vec<(SubscriptionId, Option<Arc<dyn Subscriber>>)>,
+    live: usize,
+}
+
+impl Subscribers {
+    /// Removes `id`; whether it was there.
+    fn remove(&mut self, id: SubscriptionId) -> bool {
+        let Ok(pos) = self.entries.binary_search_by_key(&id.0, |(s, _)| s.0) else {
+            return false;
+        };
+        if self.entries[pos].1.take().is_none() {
+            return false;
+        }
+        self.live -= 1;
+        let holes = self.entries.len() - self.live;
+        if holes > self.live {
+            self.entries.retain(|(_, sub)| sub.is_some());
+            if self.entries.capacity() > 2 * self.entries.len() + 8 {
+                self.entries.shrink_to_fit();
+            }
+        }
+        true
+    }
+}
 
 struct Inner {
     shards: [RwLock<HashMap<Box<str>, Subscribers>>; SHARDS],
@@ -158,12 +188,14 @@ impl PubSub {
 
     /// Subscribes `subscriber` to `topic`.
     pub fn subscribe(&self, topic: &str, subscriber: Arc<dyn Subscriber>) -> SubscriptionId {
-        let id = SubscriptionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let first = {
+        let (id, first) = {
             let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+            // Under the lock, so that each topic's entries stay sorted by id.
+            let id = SubscriptionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
             let subs = shard.entry(topic.into()).or_default();
-            subs.push((id, subscriber));
-            subs.len() == 1
+            subs.entries.push((id, Some(subscriber)));
+            subs.live += 1;
+            (id, subs.live == 1)
         };
         if first && let Some(adapter) = self.adapter() {
             adapter.subscribed(topic);
@@ -179,17 +211,13 @@ impl PubSub {
             let Some(subs) = shard.get_mut(topic) else {
                 return;
             };
-            let Some(pos) = subs.iter().position(|(s, _)| *s == id) else {
+            if !subs.remove(id) {
                 return;
-            };
-            subs.swap_remove(pos);
-            if subs.is_empty() {
+            }
+            if subs.live == 0 {
                 shard.remove(topic);
                 true
             } else {
-                if subs.capacity() > 2 * subs.len() + 8 {
-                    subs.shrink_to_fit();
-                }
                 false
             }
         };
@@ -201,7 +229,7 @@ impl PubSub {
     /// The number of local subscribers of `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         let shard = self.shard(topic).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(topic).map_or(0, Vec::len)
+        shard.get(topic).map_or(0, |subs| subs.live)
     }
 
     /// Broadcasts to every subscriber of `topic` on every node.
@@ -270,8 +298,10 @@ impl PubSub {
         let Some(subs) = shard.get(msg.topic.as_str()) else {
             return;
         };
-        for (id, sub) in subs {
-            if Some(*id) != msg.from {
+        for (id, sub) in &subs.entries {
+            if let Some(sub) = sub
+                && Some(*id) != msg.from
+            {
                 sub.deliver(msg, &mut encoded);
             }
         }
@@ -325,6 +355,51 @@ mod tests {
         let f2 = enc.frame(Serializer::V2, &msg).unwrap();
         // Same allocation: the second call reuses the first encoding.
         assert_eq!(f1.parts()[0].as_ptr(), f2.parts()[0].as_ptr());
+    }
+
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Subscriber for Count {
+        fn deliver(&self, _msg: &Arc<Broadcast>, _encoded: &mut EncodedBroadcast) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn unsubscribe_in_any_order_keeps_the_others_and_sweeps_holes() {
+        let ps = PubSub::new();
+        let subs: Vec<_> = (0..100).map(|_| Arc::new(Count::default())).collect();
+        let ids: Vec<_> = subs.iter().map(|s| ps.subscribe("t", s.clone())).collect();
+        // Every third, then from the back: holes in the middle and at the end.
+        let mut gone: Vec<usize> = (0..100).step_by(3).collect();
+        gone.extend((60..100).rev().filter(|i| i % 3 != 0));
+        for &i in &gone {
+            ps.unsubscribe("t", ids[i]);
+            // Twice is harmless.
+            ps.unsubscribe("t", ids[i]);
+        }
+        let left = 100 - gone.len();
+        assert_eq!(ps.subscriber_count("t"), left);
+        {
+            let shard = ps.shard("t").read().unwrap();
+            let entries = &shard.get("t").unwrap().entries;
+            assert!(entries.len() <= 2 * left);
+            assert!(entries.windows(2).all(|w| w[0].0.0 < w[1].0.0));
+        }
+        // New subscriptions keep the order; a left one receives nothing.
+        let late = Arc::new(Count::default());
+        ps.subscribe("t", late.clone());
+        ps.broadcast("t", "e", serde_json::json!({})).unwrap();
+        for (i, sub) in subs.iter().enumerate() {
+            let want = usize::from(!gone.contains(&i));
+            assert_eq!(sub.0.load(Ordering::Relaxed), want, "subscriber {i}");
+        }
+        assert_eq!(late.0.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            std::mem::size_of::<(SubscriptionId, Option<Arc<dyn Subscriber>>)>(),
+            24
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ impl Channels {
     }
 
     fn insert(&mut self, core: Arc<ChannelCore>) {
+        if self.0.capacity() == 0 {
+            // Most sockets join one channel: no room for four.
+            self.0.reserve_exact(1);
+        }
         self.0.push(core);
     }
 
@@ -154,7 +158,7 @@ impl Conn {
             self.no_channel(leave, msg.join_ref, msg.ref_, &msg.topic);
             return;
         };
-        if msg.join_ref.is_some() && msg.join_ref != core.join_ref {
+        if msg.join_ref.is_some() && msg.join_ref.as_ref() != core.join_ref() {
             // PROTOCOL §4.3 step 4: a stale join ref is dropped silently.
             tracing::debug!(target: "fawkes::socket", topic = %msg.topic, event = %msg.event, "stale join_ref, dropped");
             return;
@@ -237,14 +241,14 @@ impl Conn {
         let topic: Arc<str> = Arc::from(msg.topic.as_str());
         let core = Arc::new(ChannelCore {
             topic,
-            join_ref: msg.join_ref.clone(),
+            has_join_ref: msg.join_ref.is_some(),
             push_ref: msg.join_ref.clone().or_else(|| msg.ref_.clone()),
             instance: self.next_instance,
             socket: self.shared.clone(),
             env: self.env.clone(),
             mailbox: Mailbox::new(self.config.channel_mailbox),
             intercept: route.intercept(),
-            cancel: self.shared.cancel.child_token(),
+            timers: OnceLock::new(),
             subscription: OnceLock::new(),
             killed: AtomicBool::new(false),
             presence_owner: AtomicU64::new(0),

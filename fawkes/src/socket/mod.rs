@@ -33,6 +33,7 @@ mod params;
 mod router;
 mod shared;
 
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -104,8 +105,36 @@ impl<S: Socket> DynSocket for S {
 /// let assigns = Assigns::new().with(UserId("42".into()));
 /// assert_eq!(assigns.get::<UserId>(), Some(&UserId("42".into())));
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct Assigns(http::Extensions);
+#[derive(Clone, Default)]
+pub struct Assigns(Box<[(TypeId, Box<dyn AssignValue>)]>);
+
+/// A value of [`Assigns`]: any `Clone + Send + Sync` type.
+trait AssignValue: Any + Send + Sync {
+    fn clone_box(&self) -> Box<dyn AssignValue>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Clone + Send + Sync + 'static> AssignValue for T {
+    fn clone_box(&self) -> Box<dyn AssignValue> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl Clone for Box<dyn AssignValue> {
+    fn clone(&self) -> Self {
+        // `(**self)`: the boxed value's impl, not the box's own.
+        (**self).clone_box()
+    }
+}
 
 impl Assigns {
     /// Empty assigns.
@@ -115,18 +144,39 @@ impl Assigns {
 
     /// Adds a value, replacing one of the same type.
     pub fn with<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.0.insert(value);
+        self.insert(value);
         self
     }
 
     /// Inserts a value, returning the one of the same type it replaces.
     pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
-        self.0.insert(value)
+        let id = TypeId::of::<T>();
+        if let Some((_, old)) = self.0.iter_mut().find(|(t, _)| *t == id) {
+            let old = (**old).as_any_mut().downcast_mut::<T>()?;
+            return Some(std::mem::replace(old, value));
+        }
+        // A boxed slice, exactly as long as it needs: a socket keeps its
+        // assigns for its whole life, and most hold one or two values.
+        let mut entries = std::mem::take(&mut self.0).into_vec();
+        entries.reserve_exact(1);
+        entries.push((id, Box::new(value)));
+        self.0 = entries.into_boxed_slice();
+        None
     }
 
     /// The value of type `T`, if any.
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.0.get()
+        let id = TypeId::of::<T>();
+        let (_, value) = self.0.iter().find(|(t, _)| *t == id)?;
+        (**value).as_any().downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Assigns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assigns")
+            .field("len", &self.0.len())
+            .finish()
     }
 }
 

@@ -83,16 +83,94 @@ pub(crate) struct SocketShared {
 
 #[derive(Default)]
 struct Outbox {
-    frames: VecDeque<Frame>,
+    frames: Frames,
     bytes: usize,
     events: Vec<SocketEvent>,
     close: Option<CloseReason>,
 }
 
+/// Queued frames, in order. A single frame (a broadcast to an idle
+/// connection, the usual case) is held inline: queueing it allocates
+/// nothing on the broadcaster's thread, and the size is a `VecDeque`'s
+/// plus 8 bytes.
+#[derive(Default, Debug)]
+pub(crate) enum Frames {
+    #[default]
+    Empty,
+    One(Frame),
+    Many(VecDeque<Frame>),
+}
+
+impl Frames {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Frames::Empty => 0,
+            Frames::One(_) => 1,
+            Frames::Many(q) => q.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, frame: Frame) {
+        match self {
+            Frames::Empty => *self = Frames::One(frame),
+            Frames::One(_) => {
+                let Frames::One(first) = std::mem::take(self) else {
+                    unreachable!()
+                };
+                let mut q = VecDeque::with_capacity(4);
+                q.push_back(first);
+                q.push_back(frame);
+                *self = Frames::Many(q);
+            }
+            Frames::Many(q) => q.push_back(frame),
+        }
+    }
+}
+
+impl IntoIterator for Frames {
+    type Item = Frame;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Frame>,
+        std::iter::Flatten<std::option::IntoIter<std::collections::vec_deque::IntoIter<Frame>>>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, many) = match self {
+            Frames::Empty => (None, None),
+            Frames::One(f) => (Some(f), None),
+            Frames::Many(q) => (None, Some(q.into_iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+impl From<Frames> for VecDeque<Frame> {
+    fn from(frames: Frames) -> Self {
+        match frames {
+            Frames::Empty => VecDeque::new(),
+            Frames::One(f) => VecDeque::from([f]),
+            Frames::Many(q) => q,
+        }
+    }
+}
+
+impl From<VecDeque<Frame>> for Frames {
+    fn from(q: VecDeque<Frame>) -> Self {
+        match q.len() {
+            0 => Frames::Empty,
+            _ => Frames::Many(q),
+        }
+    }
+}
+
 /// What the transport takes out of the outbox in one go.
 #[derive(Default)]
 pub(crate) struct Batch {
-    pub(crate) frames: VecDeque<Frame>,
+    pub(crate) frames: Frames,
     pub(crate) events: Vec<SocketEvent>,
 }
 
@@ -145,9 +223,14 @@ impl SocketShared {
             return;
         }
         out.bytes += frame.len();
+        let first = out.frames.is_empty();
         out.frames.push_back(frame);
         drop(out);
-        self.notify.notify_one();
+        // Frames already queued were announced, and the transport takes
+        // them all at once.
+        if first {
+            self.notify.notify_one();
+        }
     }
 
     pub(crate) fn push_event(&self, event: SocketEvent) {
@@ -157,12 +240,19 @@ impl SocketShared {
 
     /// Takes everything queued.
     pub(crate) fn take(&self) -> Batch {
+        self.take_and_closing().0
+    }
+
+    /// Takes everything queued, and whether a close was requested (under
+    /// the same lock: no look at the cancellation token's mutex).
+    pub(crate) fn take_and_closing(&self) -> (Batch, bool) {
         let mut out = self.lock();
         out.bytes = 0;
-        Batch {
+        let batch = Batch {
             frames: std::mem::take(&mut out.frames),
             events: std::mem::take(&mut out.events),
-        }
+        };
+        (batch, out.close.is_some())
     }
 
     /// Takes the queued socket events, leaving the frames.
@@ -174,7 +264,7 @@ impl SocketShared {
     pub(crate) fn take_frames(&self) -> VecDeque<Frame> {
         let mut out = self.lock();
         out.bytes = 0;
-        std::mem::take(&mut out.frames)
+        std::mem::take(&mut out.frames).into()
     }
 
     /// Puts frames that could not be handed over back at the front of the
@@ -182,8 +272,8 @@ impl SocketShared {
     pub(crate) fn requeue(&self, mut frames: VecDeque<Frame>) {
         let mut out = self.lock();
         out.bytes += frames.iter().map(Frame::len).sum::<usize>();
-        frames.append(&mut out.frames);
-        out.frames = frames;
+        frames.extend(std::mem::take(&mut out.frames));
+        out.frames = frames.into();
     }
 
     /// Waits until something is queued (or a close is requested).
@@ -212,5 +302,58 @@ impl SocketShared {
     /// Whether the connection is closing.
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().close.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &'static str) -> Frame {
+        Frame::Text(bytes::Bytes::from_static(s.as_bytes()))
+    }
+
+    fn texts(frames: impl IntoIterator<Item = Frame>) -> Vec<String> {
+        frames
+            .into_iter()
+            .map(|f| String::from_utf8(f.to_bytes().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn frames_keep_order_inline_and_queued() {
+        let mut frames = Frames::default();
+        assert!(frames.is_empty());
+        frames.push_back(frame("a"));
+        assert!(matches!(frames, Frames::One(_)));
+        frames.push_back(frame("b"));
+        frames.push_back(frame("c"));
+        assert_eq!(frames.len(), 3);
+        assert_eq!(texts(frames), ["a", "b", "c"]);
+        // The inline slot costs 8 bytes over the queue it replaces.
+        assert!(std::mem::size_of::<Frames>() <= std::mem::size_of::<VecDeque<Frame>>() + 8);
+    }
+
+    #[test]
+    fn requeue_puts_frames_back_in_front() {
+        let limits = OutboxLimits {
+            frames: 10,
+            bytes: 100,
+        };
+        let shared = SocketShared::new(
+            Serializer::V2,
+            Transport::WebSocket,
+            None,
+            Assigns::default(),
+            CancellationToken::new(),
+            limits,
+        );
+        shared.push(frame("a"));
+        let taken = shared.take_frames();
+        shared.push(frame("b"));
+        shared.requeue(taken);
+        shared.push(frame("c"));
+        assert_eq!(texts(shared.take().frames), ["a", "b", "c"]);
+        assert!(shared.take().frames.is_empty());
     }
 }

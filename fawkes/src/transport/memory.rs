@@ -63,6 +63,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -600,53 +601,72 @@ struct Link {
 /// client frames also use), its cancellation (registered once, not per
 /// wake) and, with a timeout, a boxed timer; handling a frame is boxed, so
 /// its state is not kept for the connection's life.
-async fn run<S: FrameSink>(mut conn: Conn, link: Link, mut sink: S) {
-    let shared = conn.shared.clone();
-    let mut idle: Option<Pin<Box<Sleep>>> = link
-        .idle_timeout
-        .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
-    let cancelled = shared.cancel.cancelled();
-    tokio::pin!(cancelled);
-    let reason = loop {
-        let batch = shared.take();
-        if !batch.events.is_empty() {
-            conn.handle_events(batch.events);
-        }
-        if !batch.frames.is_empty() && sink.send(batch.frames).is_err() {
-            break CloseReason::SlowClient;
-        }
-        match link.inbox.pop() {
-            Pop::Frame(frame) => {
-                if let (Some(sleep), Some(timeout)) = (idle.as_mut(), link.idle_timeout) {
-                    sleep.as_mut().reset(Instant::now() + timeout);
+// Not an `async fn`: it would store its arguments twice in the task.
+#[allow(clippy::manual_async_fn)]
+fn run<S: FrameSink>(mut conn: Conn, link: Link, mut sink: S) -> impl Future<Output = ()> + Send {
+    async move {
+        let shared = conn.shared.clone();
+        let mut idle: Option<Pin<Box<Sleep>>> = link
+            .idle_timeout
+            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        let cancelled = shared.cancel.cancelled();
+        tokio::pin!(cancelled);
+        let reason = loop {
+            match step(&mut conn, &mut sink, &link.inbox) {
+                Err(reason) => break reason,
+                Ok(Some(frame)) => {
+                    if let (Some(sleep), Some(timeout)) = (idle.as_mut(), link.idle_timeout) {
+                        sleep.as_mut().reset(Instant::now() + timeout);
+                    }
+                    if let Err(reason) =
+                        Box::pin(receive(&mut conn, frame, link.max_frame_size)).await
+                    {
+                        break reason;
+                    }
+                    // A client sending without pause still sees the close.
+                    if shared.cancel.is_cancelled() {
+                        break shared.close_reason().unwrap_or(CloseReason::Shutdown);
+                    }
+                    continue;
                 }
-                if let Err(reason) = Box::pin(receive(&mut conn, frame, link.max_frame_size)).await
-                {
-                    break reason;
-                }
-                // A client sending without pause still sees the close.
-                if shared.cancel.is_cancelled() {
-                    break shared.close_reason().unwrap_or(CloseReason::Shutdown);
-                }
-                continue;
+                Ok(None) => {}
             }
-            Pop::Closed => break CloseReason::Closed,
-            Pop::Empty => {}
-        }
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => break shared.close_reason().unwrap_or(CloseReason::Shutdown),
-            _ = shared.notified() => {}
-            _ = expired(&mut idle) => break CloseReason::Idle,
-        }
-    };
-    // First reason wins: channels terminate with it.
-    shared.close(reason);
-    let reason = shared.close_reason().unwrap_or(reason);
-    tracing::debug!(target: "fawkes::transport", ?reason, "memory connection closing");
-    link.inbox.close();
-    drop(conn);
-    sink.closed(reason.code());
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break shared.close_reason().unwrap_or(CloseReason::Shutdown),
+                _ = shared.notified() => {}
+                _ = expired(&mut idle) => break CloseReason::Idle,
+            }
+        };
+        // First reason wins: channels terminate with it.
+        shared.close(reason);
+        let reason = shared.close_reason().unwrap_or(reason);
+        tracing::debug!(target: "fawkes::transport", ?reason, "memory connection closing");
+        link.inbox.close();
+        drop(conn);
+        sink.closed(reason.code());
+    }
+}
+
+/// Hands what the socket queued to the sink, then takes the next client
+/// frame. Not async: the batch is not kept in the task while it waits.
+fn step<S: FrameSink>(
+    conn: &mut Conn,
+    sink: &mut S,
+    inbox: &Inbox,
+) -> Result<Option<Frame>, CloseReason> {
+    let batch = conn.shared.take();
+    if !batch.events.is_empty() {
+        conn.handle_events(batch.events);
+    }
+    if !batch.frames.is_empty() && sink.send(batch.frames.into()).is_err() {
+        return Err(CloseReason::SlowClient);
+    }
+    match inbox.pop() {
+        Pop::Frame(frame) => Ok(Some(frame)),
+        Pop::Closed => Err(CloseReason::Closed),
+        Pop::Empty => Ok(None),
+    }
 }
 
 /// Resolves when the idle timer fires; never without one.

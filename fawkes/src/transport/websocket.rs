@@ -2,8 +2,9 @@
 //! task per connection that reads frames into the socket and writes its
 //! outbox out in batches.
 
-use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
@@ -270,36 +272,53 @@ async fn accept(
 /// Memory: the task's future is allocated once at its largest state and
 /// kept for the connection's life. Reading, writing and closing are boxed
 /// so an idle connection does not reserve their state (about 1 KiB).
+///
+/// Time, per delivery: the cancellation is registered once, not per wake
+/// (each fresh `cancelled()` locks the token's mutex to register and
+/// unregister), and a write that completes at once arms no timer.
 async fn run(mut ws: WebSocket, mut conn: Conn) {
     let shared = conn.shared.clone();
     let idle_timeout = conn.config.websocket.idle_timeout;
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
+    let cancelled = shared.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut cancel_seen = false;
     let reason = loop {
-        let batch = shared.take();
-        if !batch.events.is_empty() {
-            conn.handle_events(batch.events);
-        }
-        if !batch.frames.is_empty() {
-            let written = tokio::select! {
-                biased;
-                _ = shared.cancel.cancelled() => None,
-                r = Box::pin(write_batch(&mut ws, batch.frames)) => Some(r),
-                // A client that does not read for the idle timeout is gone.
-                _ = tokio::time::sleep(idle_timeout) => Some(Err(CloseReason::SlowClient)),
-            };
+        let frames = {
+            let (batch, closing) = shared.take_and_closing();
+            if !batch.events.is_empty() {
+                conn.handle_events(batch.events);
+            }
+            if closing || cancel_seen {
+                break shared.close_reason().unwrap_or(CloseReason::Shutdown);
+            }
+            batch.frames
+        };
+        if frames.is_empty() {
+            // Moved on every path: the task keeps no room for it across
+            // the wait (a task's size is rounded up to 128 bytes).
+            drop(frames);
+        } else {
+            let written = Box::pin(write_step(
+                &mut ws,
+                frames,
+                cancelled.as_mut(),
+                idle_timeout,
+            ))
+            .await;
             match written {
                 Some(Ok(())) => {}
                 Some(Err(reason)) => break reason,
-                None => continue,
+                None => {
+                    cancel_seen = true;
+                    continue;
+                }
             }
-        }
-        if shared.cancel.is_cancelled() {
-            break shared.close_reason().unwrap_or(CloseReason::Shutdown);
         }
         tokio::select! {
             biased;
-            _ = shared.cancel.cancelled() => {}
+            _ = &mut cancelled => cancel_seen = true,
             _ = shared.notified() => {}
             msg = ws.next() => {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
@@ -316,6 +335,28 @@ async fn run(mut ws: WebSocket, mut conn: Conn) {
     tracing::debug!(target: "fawkes::transport", ?reason, "websocket closing");
     drop(conn);
     Box::pin(close(&mut ws, reason)).await;
+}
+
+/// Writes a batch; `None` when the connection is cancelled first.
+async fn write_step(
+    ws: &mut WebSocket,
+    frames: impl IntoIterator<Item = Frame>,
+    mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    idle_timeout: Duration,
+) -> Option<Result<(), CloseReason>> {
+    let write = write_batch(ws, frames);
+    tokio::pin!(write);
+    // Most writes complete at once: no timer to arm then.
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return Some(r);
+    }
+    tokio::select! {
+        biased;
+        _ = &mut cancelled => None,
+        r = &mut write => Some(r),
+        // A client that does not read for the idle timeout is gone.
+        _ = tokio::time::sleep(idle_timeout) => Some(Err(CloseReason::SlowClient)),
+    }
 }
 
 /// Frames handled in one go when the client pipelines: their replies are
@@ -396,7 +437,10 @@ fn classify(err: tungstenite::Error) -> CloseReason {
 /// instead of one per frame. Frames are handed over as they are (text
 /// frames are UTF-8 by construction), larger ones in fragments, and the
 /// shared payload of a [`Frame::SharedText`] without being copied first.
-async fn write_batch(ws: &mut WebSocket, frames: VecDeque<Frame>) -> Result<(), CloseReason> {
+async fn write_batch(
+    ws: &mut WebSocket,
+    frames: impl IntoIterator<Item = Frame>,
+) -> Result<(), CloseReason> {
     for frame in frames {
         write_frame(ws, &frame)
             .await
