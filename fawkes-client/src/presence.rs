@@ -133,51 +133,45 @@ impl Presence {
         };
         if ev.event == self.state_event {
             self.join_ref = ev.join_ref.clone();
-            let mut on_join = self.on_join.take();
-            let mut on_leave = self.on_leave.take();
             self.state = sync_state(
                 &self.state,
                 payload,
-                on_join.as_deref_mut(),
-                on_leave.as_deref_mut(),
+                self.on_join.as_deref_mut(),
+                self.on_leave.as_deref_mut(),
             );
             for diff in std::mem::take(&mut self.pending_diffs) {
-                let state = std::mem::take(&mut self.state);
-                self.state = sync_diff(
-                    state,
-                    &diff,
-                    on_join.as_deref_mut(),
-                    on_leave.as_deref_mut(),
-                );
+                self.apply_diff(&diff);
             }
-            self.on_join = on_join;
-            self.on_leave = on_leave;
-            if let Some(f) = self.on_sync.as_mut() {
-                f();
-            }
+            self.synced();
             true
         } else if ev.event == self.diff_event {
             if self.in_pending_sync_state(ev.join_ref.as_deref()) {
                 self.pending_diffs.push(payload.clone());
             } else {
-                let mut on_join = self.on_join.take();
-                let mut on_leave = self.on_leave.take();
-                let state = std::mem::take(&mut self.state);
-                self.state = sync_diff(
-                    state,
-                    payload,
-                    on_join.as_deref_mut(),
-                    on_leave.as_deref_mut(),
-                );
-                self.on_join = on_join;
-                self.on_leave = on_leave;
-                if let Some(f) = self.on_sync.as_mut() {
-                    f();
-                }
+                self.apply_diff(payload);
+                self.synced();
             }
             true
         } else {
             false
+        }
+    }
+
+    /// Applies one diff, calling onJoin and onLeave.
+    fn apply_diff(&mut self, diff: &Value) {
+        let state = std::mem::take(&mut self.state);
+        self.state = sync_diff(
+            state,
+            diff,
+            self.on_join.as_deref_mut(),
+            self.on_leave.as_deref_mut(),
+        );
+    }
+
+    /// Calls onSync, after a state or a diff was applied.
+    fn synced(&mut self) {
+        if let Some(f) = self.on_sync.as_mut() {
+            f();
         }
     }
 

@@ -63,13 +63,10 @@ async fn join_ok_and_join_refused() {
 #[tokio::test]
 async fn push_replies_ok_error_and_timeout() {
     let server = TestServer::start().await;
-    let socket = fast_socket(&server.endpoint()).build().unwrap();
-    socket.connect();
-    let room = socket.channel("room:lobby", json!({}));
-    within("join", room.join()).await.unwrap();
+    let socket = connected(&server);
+    let room = joined(&socket, "room:lobby").await;
 
-    let ok = within("echo", room.push("echo", json!({"a": [1, 2]}))).await;
-    assert_eq!(ok, Ok(Payload::Json(json!({"a": [1, 2]}))));
+    assert_echo(&room, json!({"a": [1, 2]})).await;
 
     let err = within("error", room.push("error", json!({}))).await;
     assert_eq!(
@@ -91,8 +88,7 @@ async fn push_replies_ok_error_and_timeout() {
     assert_eq!(timeout, Err(PushError::Timeout));
 
     // The channel still answers after a timeout.
-    let ok = within("echo", room.push("echo", json!({"b": 1}))).await;
-    assert_eq!(ok, Ok(Payload::Json(json!({"b": 1}))));
+    assert_echo(&room, json!({"b": 1})).await;
 }
 
 #[tokio::test]
@@ -181,8 +177,7 @@ async fn event_streams_carry_pushes_and_broadcasts() {
 #[tokio::test]
 async fn leave_closes_the_channel() {
     let server = TestServer::start().await;
-    let socket = fast_socket(&server.endpoint()).build().unwrap();
-    socket.connect();
+    let socket = connected(&server);
     let room = socket.channel("room:lobby", json!({}));
     let mut events = room.on("anything");
     within("join", room.join()).await.unwrap();
@@ -201,15 +196,12 @@ async fn leave_closes_the_channel() {
 #[tokio::test]
 async fn binary_payloads_round_trip() {
     let server = TestServer::start().await;
-    let socket = fast_socket(&server.endpoint()).build().unwrap();
-    socket.connect();
-    let room = socket.channel("room:lobby", json!({}));
-    within("join", room.join()).await.unwrap();
+    let socket = connected(&server);
+    let room = joined(&socket, "room:lobby").await;
     let got = within("binary", room.push("binary", Bytes::from_static(b"hello"))).await;
     assert_eq!(got, Ok(Payload::Binary(Bytes::from_static(b"hello world"))));
     // JSON still works on the same channel.
-    let ok = within("echo", room.push("echo", json!({}))).await;
-    assert_eq!(ok, Ok(Payload::Json(json!({}))));
+    assert_echo(&room, json!({})).await;
 
     // V1 has no binary form.
     let v1 = fast_socket(&server.endpoint())
@@ -226,8 +218,7 @@ async fn binary_payloads_round_trip() {
 #[tokio::test]
 async fn rejoins_by_itself_after_phx_error() {
     let server = TestServer::start().await;
-    let socket = fast_socket(&server.endpoint()).build().unwrap();
-    socket.connect();
+    let socket = connected(&server);
     let room = socket.channel("room:crash", json!({}));
     let mut errors = room.on("phx_error");
     let mut you_left = room.on("you_left");
@@ -242,24 +233,19 @@ async fn rejoins_by_itself_after_phx_error() {
     wait_rejoined(&room, first_join).await;
     assert_eq!(within("boom", boom).await, Err(PushError::Timeout));
 
-    let ok = within("echo", room.push("echo", json!({"alive": true}))).await;
-    assert_eq!(ok, Ok(Payload::Json(json!({"alive": true}))));
+    assert_echo(&room, json!({"alive": true})).await;
     server.wait_stats((1, 1)).await;
 }
 
 #[tokio::test]
 async fn second_channel_on_a_topic_leaves_the_first() {
     let server = TestServer::start().await;
-    let socket = fast_socket(&server.endpoint()).build().unwrap();
-    socket.connect();
-    let first = socket.channel("room:dup", json!({}));
-    within("join", first.join()).await.unwrap();
-    let second = socket.channel("room:dup", json!({}));
-    within("join", second.join()).await.unwrap();
+    let socket = connected(&server);
+    let first = joined(&socket, "room:dup").await;
+    let second = joined(&socket, "room:dup").await;
     assert_eq!(first.state(), ChannelState::Closed);
     assert_eq!(second.state(), ChannelState::Joined);
-    let ok = within("echo", second.push("echo", json!({"n": 2}))).await;
-    assert_eq!(ok, Ok(Payload::Json(json!({"n": 2}))));
+    assert_echo(&second, json!({"n": 2})).await;
     server.wait_stats((1, 1)).await;
 }
 
@@ -300,6 +286,5 @@ async fn messages_of_an_older_join_are_ignored() {
     assert_eq!(room.state(), ChannelState::Joined);
     let ev = next_event(&mut joined).await;
     assert_eq!(ev.join_ref, room.join_ref());
-    let ok = within("echo", room.push("echo", json!({}))).await;
-    assert_eq!(ok, Ok(Payload::Json(json!({}))));
+    assert_echo(&room, json!({})).await;
 }

@@ -48,14 +48,8 @@ async fn refused_connect_is_retried_with_backoff() {
         .params(json!({"reject": "true"}))
         .build()
         .unwrap();
-    let mut events = socket.events();
-    socket.connect();
     // Two errors: the refusal, and the retry's refusal.
-    for _ in 0..2 {
-        next_socket_event(&mut events, |e| matches!(e, SocketEvent::Error(_))).await;
-    }
-    assert_ne!(socket.state(), ConnectionState::Open);
-    socket.disconnect().await;
+    assert_refused(&socket, 2).await;
 }
 
 #[tokio::test]
@@ -77,11 +71,7 @@ async fn bearer_token_is_sent_as_sub_protocol() {
         .auth_token("reject")
         .build()
         .unwrap();
-    let mut events = refused.events();
-    refused.connect();
-    next_socket_event(&mut events, |e| matches!(e, SocketEvent::Error(_))).await;
-    assert_ne!(refused.state(), ConnectionState::Open);
-    refused.disconnect().await;
+    assert_refused(&refused, 1).await;
 }
 
 #[tokio::test]
@@ -106,12 +96,7 @@ async fn both_serializers_join_push_and_receive() {
             next_event(&mut entered).await.payload,
             Payload::Json(json!({"user": "ann"}))
         );
-        let echo = within(
-            "echo",
-            room.push("echo", json!({"vsn": format!("{vsn:?}")})),
-        )
-        .await;
-        assert_eq!(echo, Ok(Payload::Json(json!({"vsn": format!("{vsn:?}")}))));
+        assert_echo(&room, json!({"vsn": format!("{vsn:?}")})).await;
         socket.disconnect().await;
     }
 }
@@ -179,8 +164,7 @@ async fn missed_heartbeat_reply_closes_and_reconnects() {
     relay.hold(false);
     next_socket_event(&mut events, |e| *e == SocketEvent::Open).await;
     wait_rejoined(&room, first_join).await;
-    let echo = within("echo", room.push("echo", json!({"after": "reconnect"}))).await;
-    assert_eq!(echo, Ok(Payload::Json(json!({"after": "reconnect"}))));
+    assert_echo(&room, json!({"after": "reconnect"})).await;
 }
 
 #[tokio::test]
@@ -241,10 +225,8 @@ fn close_reason(ev: &SocketEvent) -> String {
 #[tokio::test]
 async fn disconnect_stops_reconnecting_and_connect_rejoins() {
     let server = TestServer::start().await;
-    let socket = fast_socket(&server.endpoint()).build().unwrap();
-    socket.connect();
-    let room = socket.channel("room:lobby", json!({}));
-    within("join", room.join()).await.unwrap();
+    let socket = connected(&server);
+    let room = joined(&socket, "room:lobby").await;
     server.wait_stats((1, 1)).await;
 
     socket.disconnect().await;

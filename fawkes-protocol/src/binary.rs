@@ -139,18 +139,7 @@ pub(crate) fn encode_reply(
     status: &str,
     response: &[u8],
 ) -> Result<Bytes, EncodeError> {
-    let join_ref = ref_text(join_ref);
-    let ref_ = ref_text(ref_);
-    encode(
-        REPLY,
-        &[
-            ("join_ref", &join_ref),
-            ("ref", &ref_),
-            ("topic", topic),
-            ("status", status),
-        ],
-        response,
-    )
+    encode_with_refs(REPLY, join_ref, ref_, topic, ("status", status), response)
 }
 
 /// Encodes a server broadcast (kind 2, no refs).
@@ -207,15 +196,28 @@ pub(crate) fn encode_client_push(
     event: &str,
     payload: &[u8],
 ) -> Result<Bytes, EncodeError> {
+    encode_with_refs(PUSH, join_ref, ref_, topic, ("event", event), payload)
+}
+
+/// Writes a frame with both refs (a reply, a client push): join_ref, ref,
+/// topic, then `last` (a reply's status, a push's event).
+fn encode_with_refs(
+    kind: u8,
+    join_ref: Option<&Ref>,
+    ref_: Option<&Ref>,
+    topic: &str,
+    last: (&'static str, &str),
+    payload: &[u8],
+) -> Result<Bytes, EncodeError> {
     let join_ref = ref_text(join_ref);
     let ref_ = ref_text(ref_);
     encode(
-        PUSH,
+        kind,
         &[
             ("join_ref", &join_ref),
             ("ref", &ref_),
             ("topic", topic),
-            ("event", event),
+            last,
         ],
         payload,
     )
@@ -227,6 +229,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::test_support::field;
 
     /// PROTOCOL §2.3 client push: join_ref "3", ref "9", topic "room:lobby",
     /// event "binary", payload "hello".
@@ -474,11 +477,6 @@ mod tests {
             encode_broadcast(&"é".repeat(128), "e", b""),
             Err(too_long("topic"))
         );
-    }
-
-    /// A string that fits a binary field: 63 characters are at most 252 bytes.
-    fn field() -> impl Strategy<Value = String> {
-        ".{0,63}"
     }
 
     proptest! {

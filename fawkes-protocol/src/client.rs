@@ -205,6 +205,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::test_support::{binary, field, json_value, msg, reply, text};
 
     const V1: Serializer = Serializer::V1;
     const V2: Serializer = Serializer::V2;
@@ -224,56 +225,17 @@ mod tests {
             .into()
     }
 
-    fn msg(
-        join_ref: Option<Value>,
-        ref_: Option<Value>,
-        topic: &str,
-        event: &str,
-        payload: impl Into<Payload>,
-    ) -> Message {
-        Message {
-            join_ref,
-            ref_,
-            topic: topic.into(),
-            event: event.into(),
-            payload: payload.into(),
-        }
-    }
-
-    fn reply(
-        join_ref: Option<Value>,
-        ref_: Option<Value>,
-        topic: &str,
-        status: &str,
-        response: impl Into<Payload>,
-    ) -> Reply {
-        Reply {
-            join_ref,
-            ref_,
-            topic: topic.into(),
-            status: status.into(),
-            response: response.into(),
-        }
-    }
-
-    /// A frame's text, checking that it is a text frame of UTF-8.
-    fn text(frame: Frame) -> String {
-        assert!(frame.is_text(), "expected a text frame, got {frame:?}");
-        String::from_utf8(frame.to_bytes().to_vec()).expect("text frames are UTF-8")
-    }
-
-    fn binary(frame: Frame) -> Bytes {
-        let Frame::Binary(bytes) = frame else {
-            panic!("expected a binary frame, got {frame:?}");
-        };
-        bytes
-    }
-
     /// What a client decodes from a server frame of either kind.
     fn client_decodes(s: Serializer, frame: Frame) -> ServerMessage {
         match frame {
             Frame::Binary(bytes) => s.decode_server_binary(bytes).unwrap(),
-            text_frame => s.decode_server_text(&text(text_frame)).unwrap(),
+            // A pre-encoded push is a shared text frame: read it whole.
+            text_frame => {
+                assert!(text_frame.is_text(), "{text_frame:?}");
+                let bytes = text_frame.to_bytes();
+                s.decode_server_text(std::str::from_utf8(&bytes).unwrap())
+                    .unwrap()
+            }
         }
     }
 
@@ -285,14 +247,19 @@ mod tests {
         }
     }
 
-    fn hello_push() -> Message {
+    /// A message of join "3" on `room:lobby`, the topic of most examples.
+    fn lobby(ref_: &str, event: &str, payload: impl Into<Payload>) -> Message {
         msg(
             Some(json!("3")),
-            Some(json!("9")),
+            Some(json!(ref_)),
             "room:lobby",
-            "binary",
-            Bytes::from_static(b"hello"),
+            event,
+            payload,
         )
+    }
+
+    fn hello_push() -> Message {
+        lobby("9", "binary", Bytes::from_static(b"hello"))
     }
 
     // --- §2.3 worked examples ---
@@ -375,13 +342,7 @@ mod tests {
     /// Messages a client sends: join, heartbeat, push, leave, odd refs.
     fn client_messages() -> Vec<Message> {
         vec![
-            msg(
-                Some(json!("3")),
-                Some(json!("3")),
-                "room:lobby",
-                events::JOIN,
-                json!({"user": "ann"}),
-            ),
+            lobby("3", events::JOIN, json!({"user": "ann"})),
             msg(
                 None,
                 Some(json!("40")),
@@ -389,20 +350,8 @@ mod tests {
                 events::HEARTBEAT,
                 json!({}),
             ),
-            msg(
-                Some(json!("3")),
-                Some(json!("11")),
-                "room:lobby",
-                "new_msg",
-                json!({"body": "hi \"you\" </script>"}),
-            ),
-            msg(
-                Some(json!("3")),
-                Some(json!("12")),
-                "room:lobby",
-                events::LEAVE,
-                json!({}),
-            ),
+            lobby("11", "new_msg", json!({"body": "hi \"you\" </script>"})),
+            lobby("12", events::LEAVE, json!({})),
             msg(
                 Some(json!(1)),
                 Some(json!(2.5)),
@@ -514,13 +463,7 @@ mod tests {
                 "you_left",
                 json!({"message": "bye!"}),
             ),
-            msg(
-                Some(json!("3")),
-                Some(json!("3")),
-                "room:lobby",
-                events::CLOSE,
-                json!({}),
-            ),
+            lobby("3", events::CLOSE, json!({})),
             msg(
                 Some(json!(7)),
                 Some(json!(7)),
@@ -770,31 +713,9 @@ mod tests {
 
     // --- properties ---
 
-    /// A string that fits a binary field: 63 characters are at most 252 bytes.
-    fn field() -> impl Strategy<Value = String> {
-        ".{0,63}"
-    }
-
     /// A string ref, or none.
     fn opt_str_ref() -> impl Strategy<Value = Option<Value>> {
         proptest::option::of(".{1,63}".prop_map(Value::String))
-    }
-
-    /// A JSON value, nested a little.
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            ".{0,8}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                proptest::collection::btree_map(".{0,4}", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
     }
 
     fn bytes() -> impl Strategy<Value = Bytes> {

@@ -57,6 +57,8 @@ mod client;
 mod error;
 mod message;
 mod serializer;
+#[cfg(test)]
+mod test_support;
 
 pub use error::{DecodeError, EncodeError, VsnError};
 pub use message::{

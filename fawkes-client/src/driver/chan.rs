@@ -292,17 +292,24 @@ impl Driver {
         entry.rejoin_at = Some(Instant::now() + wait);
     }
 
+    /// Stops every channel's rejoin timer and backoff (the connection
+    /// changed); returns the channels' ids.
+    pub(super) fn reset_rejoin_timers(&mut self) -> Vec<u64> {
+        for entry in self.channels.values_mut() {
+            entry.rejoin_at = None;
+            entry.rejoin_tries = 0;
+        }
+        self.channels.keys().copied().collect()
+    }
+
     /// The connection stopped: every channel not already errored, leaving
     /// or closed gets a `phx_error` from the transport (phoenix.js
     /// `triggerChanError`); the rejoin waits for the next open.
     pub(super) fn trigger_chan_error(&mut self, reason: &str) {
-        let ids: Vec<u64> = self.channels.keys().copied().collect();
-        for id in ids {
+        for id in self.reset_rejoin_timers() {
             let Some(entry) = self.channels.get_mut(&id) else {
                 continue;
             };
-            entry.rejoin_at = None;
-            entry.rejoin_tries = 0;
             if matches!(
                 entry.shared.state(),
                 ChannelState::Errored | ChannelState::Leaving | ChannelState::Closed

@@ -447,14 +447,12 @@ impl Driver {
             self.send_join(id);
         }
         self.emit(SocketEvent::Open);
-        let ids: Vec<u64> = self.channels.keys().copied().collect();
-        for id in ids {
-            let Some(entry) = self.channels.get_mut(&id) else {
-                continue;
-            };
-            entry.rejoin_at = None;
-            entry.rejoin_tries = 0;
-            if entry.shared.state() == ChannelState::Errored {
+        for id in self.reset_rejoin_timers() {
+            if self
+                .channels
+                .get(&id)
+                .is_some_and(|c| c.shared.state() == ChannelState::Errored)
+            {
                 self.rejoin(id);
             }
         }
@@ -586,14 +584,7 @@ impl Driver {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(target: TARGET, "outbox full, reconnecting");
-                self.close_conn(1000, "outbox full");
-                self.set_state(ConnectionState::Closed);
-                self.emit(SocketEvent::Close {
-                    code: Some(1000),
-                    reason: "outbox full".to_owned(),
-                });
-                self.trigger_chan_error("connection_closed");
-                self.schedule_reconnect();
+                self.give_up_conn("outbox full", "connection_closed");
             }
             // The writer stopped; the reader reports the close.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -634,13 +625,19 @@ impl Driver {
 
     fn heartbeat_timeout(&mut self) {
         tracing::debug!(target: TARGET, "heartbeat timeout, reconnecting");
-        self.close_conn(1000, "heartbeat timeout");
+        self.give_up_conn("heartbeat timeout", "heartbeat_timeout");
+    }
+
+    /// Closes a connection the client gave up on (code 1000, `reason`),
+    /// errors its channels with `chan_reason` and reconnects.
+    fn give_up_conn(&mut self, reason: &str, chan_reason: &str) {
+        self.close_conn(1000, reason);
         self.set_state(ConnectionState::Closed);
         self.emit(SocketEvent::Close {
             code: Some(1000),
-            reason: "heartbeat timeout".to_owned(),
+            reason: reason.to_owned(),
         });
-        self.trigger_chan_error("heartbeat_timeout");
+        self.trigger_chan_error(chan_reason);
         self.schedule_reconnect();
     }
 

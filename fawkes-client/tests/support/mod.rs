@@ -10,7 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fawkes_client::{ChannelEvent, ChannelState, Events, Socket, SocketBuilder, SocketEvent};
+use fawkes_client::{
+    Channel, ChannelEvent, ChannelState, ConnectionState, Events, Payload, Socket, SocketBuilder,
+    SocketEvent,
+};
 use fawkes_conformance::{Options, serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,6 +156,38 @@ pub fn fast_socket(endpoint: &str) -> SocketBuilder {
         .reconnect_after(|_| Duration::from_millis(20))
         .rejoin_after(|_| Duration::from_millis(20))
         .timeout(Duration::from_secs(5))
+}
+
+/// A [`fast_socket`] to `server`, connecting.
+pub fn connected(server: &TestServer) -> Socket {
+    let socket = fast_socket(&server.endpoint()).build().unwrap();
+    socket.connect();
+    socket
+}
+
+/// `topic` on `socket` with empty params, joined.
+pub async fn joined(socket: &Socket, topic: &str) -> Channel {
+    let chan = socket.channel(topic, json!({}));
+    within("join", chan.join()).await.unwrap();
+    chan
+}
+
+/// Pushes `echo` and checks that the app answers with the same payload.
+pub async fn assert_echo(chan: &Channel, payload: Value) {
+    let got = within("echo", chan.push("echo", payload.clone())).await;
+    assert_eq!(got, Ok(Payload::Json(payload)));
+}
+
+/// Connects `socket`, which the server refuses: waits for `errors` socket
+/// errors (the refusal, then each retry's), then disconnects.
+pub async fn assert_refused(socket: &Socket, errors: usize) {
+    let mut events = socket.events();
+    socket.connect();
+    for _ in 0..errors {
+        next_socket_event(&mut events, |e| matches!(e, SocketEvent::Error(_))).await;
+    }
+    assert_ne!(socket.state(), ConnectionState::Open);
+    socket.disconnect().await;
 }
 
 /// Waits until `rx` holds a value that satisfies `pred`.
