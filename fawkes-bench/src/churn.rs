@@ -17,15 +17,12 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::client::{
-    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures,
-    failures_from_json, failures_to_json, parse_secs,
+    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures, parse_secs,
 };
-use crate::latency::Histogram;
-use crate::measure::{
-    Process, Window, WindowReadings, app_stats, check_file_limits, check_own_file_limit,
-    warn_server_file_limit,
-};
-use crate::workers::{Parent, Workers, emit, share, source_split};
+use crate::counts::{self, Names, Phase};
+use crate::measure::{Process, Window, WindowReadings, app_stats, check_own_file_limit};
+use crate::options::{Common, WorkerOpts};
+use crate::workers::{Parent, Workers, check_limits, emit, share, source_split, worker_argv};
 
 /// Options of the `churn` scenario.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,29 +58,13 @@ pub struct Args {
     /// growth is reported only.
     #[arg(long)]
     max_rss_growth_kib: Option<u64>,
-    /// The server's process id, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Bind client sockets to this many source addresses, 127.0.0.2 and up
-    /// (0: the kernel chooses), in turn cycle after cycle.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=253))]
-    source_addrs: u8,
-    /// Seconds to wait for each step of a cycle.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
-    /// Run the loops in this many worker processes (this binary run
-    /// again), each with its share of loops and its own source addresses.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    workers: u32,
-    /// A worker's number (set by the parent of a `--workers` run).
-    #[arg(long = "worker-index", hide = true)]
-    worker_index: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    workers: WorkerOpts,
     /// A worker's first loop number, for topics.
     #[arg(long, hide = true, default_value_t = 0)]
     first_loop: usize,
-    /// A worker's first source address, counted from 127.0.0.2.
-    #[arg(long, hide = true, default_value_t = 0)]
-    source_offset: u8,
 }
 
 /// What every loop needs to know.
@@ -95,49 +76,16 @@ struct Ctx {
     step_timeout: Duration,
 }
 
-/// Cycles of one loop or many.
-#[derive(Debug, Default)]
-struct Counts {
-    /// Cycles that ended inside the window.
-    cycles: u64,
-    /// Cycles completed, all told.
-    total: u64,
-    /// How long the cycles inside the window took.
-    latency: Histogram,
-    /// Cycles that failed, at any time.
-    failures: Vec<Failure>,
-}
+/// Cycles of one loop or many: those that ended inside the window, and
+/// all that completed.
+type Counts = counts::Counts<Cycles>;
 
-impl Counts {
-    fn merge(&mut self, other: Counts) {
-        self.cycles += other.cycles;
-        self.total += other.total;
-        self.latency.merge(&other.latency);
-        self.failures.extend(other.failures);
-    }
+/// The names of churn's [`Counts`].
+struct Cycles;
 
-    fn to_json(&self) -> Value {
-        json!({
-            "cycles": self.cycles,
-            "total": self.total,
-            "latency": self.latency.to_json(),
-            "failures": failures_to_json(&self.failures),
-        })
-    }
-
-    fn from_json(v: &Value) -> Result<Counts, String> {
-        let n = |key: &str| {
-            v.get(key)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| format!("bad counts ({key}): {v}"))
-        };
-        Ok(Counts {
-            cycles: n("cycles")?,
-            total: n("total")?,
-            latency: Histogram::from_json(v.get("latency").unwrap_or(&Value::Null))?,
-            failures: failures_from_json(v.get("failures").unwrap_or(&Value::Null))?,
-        })
-    }
+impl Names for Cycles {
+    const IN_WINDOW: &'static str = "cycles";
+    const TOTAL: &'static str = "total";
 }
 
 /// Runs the scenario, prints its summary and JSON line, and returns the
@@ -153,18 +101,13 @@ pub async fn run(args: Args) -> Result<Value, String> {
     if args.duration.is_zero() {
         return Err("--duration must be above 0".into());
     }
-    if let Some(index) = args.worker_index {
+    if let Some(index) = args.workers.worker_index {
         return worker(args, index).await;
     }
     let target = Target::resolve(&args.url, Transport::WebSocket).await?;
-    let w = args.workers as usize;
-    if w > 1 {
-        check_own_file_limit(share(args.loops, w, 0).1)?;
-        warn_server_file_limit(args.loops, args.server_pid);
-    } else {
-        check_file_limits(args.loops, args.server_pid)?;
-    }
-    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    let w = args.workers.count();
+    check_limits(args.loops, w, args.common.server_pid)?;
+    let server = args.common.server_pid.map(|pid| Process(Some(pid)));
     let rss_before = server.map(Process::rss_kib).transpose()?;
     let baseline = app_stats(target.addr)
         .await
@@ -175,48 +118,31 @@ pub async fn run(args: Args) -> Result<Value, String> {
         "churn: {} loops of connect, join, ping, leave, close to {}{}, warm-up {} s, measured {} s",
         args.loops,
         target.url,
-        match w {
-            1 => String::new(),
-            w => format!(" from {w} worker processes"),
-        },
+        args.workers.header(),
         args.warmup.as_secs_f64(),
         args.duration.as_secs_f64()
     );
 
-    let step_timeout = Duration::from_secs(args.timeout);
-    let sample_every = Some(args.sample_every);
+    let step_timeout = Duration::from_secs(args.common.timeout);
+    let phase = phase(&args, server);
     let (readings, counts, children_cpu) = if w > 1 {
-        let sources = source_split(w, args.source_addrs)?;
+        let sources = source_split(w, args.common.source_addrs)?;
         let mut children =
             Workers::spawn((0..w).map(|i| worker_args(&args, w, i, sources)).collect())?;
         children
             .next_all("ready", Instant::now() + Duration::from_secs(30))
             .await?;
-        children.go().await?;
-        let window = Window::after(Instant::now(), args.warmup, args.duration);
-        let readings = WindowReadings::read(window, server, sample_every).await?;
-        let results = children
-            .next_all(
-                "result",
-                window.to + 6 * step_timeout + Duration::from_secs(20),
-            )
-            .await?;
-        children.finish(Duration::from_secs(10)).await;
-        let mut counts = Counts::default();
-        let mut children_cpu = 0;
-        for r in &results {
-            counts.merge(Counts::from_json(r)?);
-            children_cpu += r.get("cpu_ms").and_then(Value::as_u64).unwrap_or(0);
-        }
-        (readings, counts, children_cpu)
+        // A cycle under way at the close has six steps to finish.
+        let grace = 6 * step_timeout + Duration::from_secs(20);
+        phase.measure_workers(children, grace).await?
     } else {
-        let ctx = context(&args, target.clone(), Sources::new(args.source_addrs));
-        let window = Window::after(Instant::now(), args.warmup, args.duration);
-        let running = tokio::spawn(run_loops(ctx, args.loops, 0, window));
-        let readings = WindowReadings::read(window, server, sample_every).await?;
-        let counts = running
-            .await
-            .map_err(|e| format!("the loops failed: {e}"))?;
+        let ctx = context(
+            &args,
+            target.clone(),
+            Sources::new(args.common.source_addrs),
+        );
+        let loops = |window| run_loops(ctx, args.loops, 0, window);
+        let (readings, counts) = phase.measure("loops", loops).await?;
         (readings, counts, 0)
     };
 
@@ -276,18 +202,11 @@ fn report(args: &Args, r: Report) -> Result<Value, String> {
         counts,
     } = r;
     let secs = readings.window.length().as_secs_f64();
-    let per_s = counts.cycles as f64 / secs;
-    let ms3 = |v: Option<f64>| v.map(|ms| (ms * 1000.0).round() / 1000.0);
-    let (p50, p99, max) = (
-        ms3(counts.latency.percentile_ms(50.0)),
-        ms3(counts.latency.percentile_ms(99.0)),
-        ms3(counts.latency.max_ms()),
-    );
-    let us_per = |ms: Option<u64>| {
-        ms.filter(|_| counts.cycles > 0)
-            .map(|ms| (ms as f64 * 1000.0 / counts.cycles as f64 * 100.0).round() / 100.0)
-    };
-    let (server_us, client_us) = (us_per(readings.server_ms), us_per(Some(my_cpu)));
+    let per_s = counts.in_window as f64 / secs;
+    let p = |q: f64| counts.percentile_ms(q);
+    let (p50, p99, max) = (p(50.0), p(99.0), counts.max_ms());
+    let server_us = counts.us_per(readings.server_ms);
+    let client_us = counts.us_per(Some(my_cpu));
     let get = |v: Option<&Value>, key: &str| v.and_then(|s| s.get(key)).and_then(Value::as_u64);
     let (sockets_before, channels_before) = (
         get(Some(&baseline), "sockets"),
@@ -311,7 +230,7 @@ fn report(args: &Args, r: Report) -> Result<Value, String> {
 
     println!(
         "cycles    {} in {secs:.3} s = {per_s:.1}/s ({} completed in all)",
-        counts.cycles, counts.total
+        counts.in_window, counts.total
     );
     println!(
         "cycle     p50 {} ms, p99 {} ms, max {} ms",
@@ -364,10 +283,10 @@ fn report(args: &Args, r: Report) -> Result<Value, String> {
     let report = json!({
         "scenario": "churn",
         "loops": args.loops,
-        "workers": args.workers,
+        "workers": args.workers.workers,
         "warmup_s": args.warmup.as_secs_f64(),
         "window_s": (secs * 1000.0).round() / 1000.0,
-        "cycles": counts.cycles,
+        "cycles": counts.in_window,
         "cycles_total": counts.total,
         "cycles_per_s": (per_s * 10.0).round() / 10.0,
         "cycle_p50_ms": p50,
@@ -416,15 +335,25 @@ fn context(args: &Args, target: Target, sources: Sources) -> Arc<Ctx> {
         sources,
         topics: args.topics as usize,
         payload: json!({ "body": "x".repeat(args.payload_bytes) }),
-        step_timeout: Duration::from_secs(args.timeout),
+        step_timeout: Duration::from_secs(args.common.timeout),
     })
+}
+
+/// The warm-up and the window, reading `server`'s CPU time and memory.
+fn phase(args: &Args, server: Option<Process>) -> Phase {
+    Phase {
+        warmup: args.warmup,
+        duration: args.duration,
+        server,
+        rss_every: server.map(|_| args.sample_every),
+    }
 }
 
 /// The options worker `w` of `workers` runs with.
 fn worker_args(args: &Args, workers: usize, w: usize, sources: u8) -> Vec<String> {
     let (first, count) = share(args.loops, workers, w);
     let secs = |d: Duration| d.as_secs_f64().to_string();
-    [
+    let own = [
         ("--url", args.url.clone()),
         ("--loops", count.to_string()),
         ("--first-loop", first.to_string()),
@@ -432,16 +361,9 @@ fn worker_args(args: &Args, workers: usize, w: usize, sources: u8) -> Vec<String
         ("--warmup", secs(args.warmup)),
         ("--topics", args.topics.to_string()),
         ("--payload-bytes", args.payload_bytes.to_string()),
-        ("--timeout", args.timeout.to_string()),
-        ("--source-addrs", sources.to_string()),
-        ("--source-offset", (w * usize::from(sources)).to_string()),
-    ]
-    .into_iter()
-    .fold(vec!["churn".to_owned()], |mut v, (k, val)| {
-        v.push(k.to_owned());
-        v.push(val);
-        v
-    })
+        ("--timeout", args.common.timeout.to_string()),
+    ];
+    worker_argv("churn", own, w, sources)
 }
 
 /// A worker of `--workers`: says `ready` at once, runs its loops from the
@@ -451,20 +373,14 @@ async fn worker(args: Args, index: usize) -> Result<Value, String> {
     let target = Target::resolve(&args.url, Transport::WebSocket).await?;
     check_own_file_limit(args.loops)?;
     let mut parent = Parent::watch(index);
-    let sources = Sources::starting_at(args.source_offset, args.source_addrs)?;
+    let sources = Sources::starting_at(args.workers.source_offset, args.common.source_addrs)?;
     let ctx = context(&args, target, sources);
     emit(index, "ready", json!({}));
     parent.go().await;
-    let window = Window::after(Instant::now(), args.warmup, args.duration);
-    let running = tokio::spawn(run_loops(ctx, args.loops, args.first_loop, window));
-    let readings = WindowReadings::read(window, None, None).await?;
-    let counts = running
-        .await
-        .map_err(|e| format!("the loops failed: {e}"))?;
-    let mut data = counts.to_json();
-    data["cpu_ms"] = json!(readings.client_ms);
-    emit(index, "result", data.clone());
-    Ok(data)
+    let phase = phase(&args, None);
+    let loops = |window| run_loops(ctx, args.loops, args.first_loop, window);
+    let (readings, counts) = phase.measure("loops", loops).await?;
+    Ok(counts.emit_result(index, readings.client_ms))
 }
 
 /// Runs `n` loops numbered from `first` until the window closes; their
@@ -501,7 +417,7 @@ async fn churn_loop(k: usize, ctx: Arc<Ctx>, window: Window) -> Counts {
                 let end = Instant::now();
                 counts.total += 1;
                 if window.contains(end) {
-                    counts.cycles += 1;
+                    counts.in_window += 1;
                     counts.latency.record(end - start);
                 }
             }
@@ -548,18 +464,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cycles_and_leaves_nothing_behind() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(fawkes_conformance::serve(
-            listener,
-            fawkes_conformance::Options::default(),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let server = crate::testing::Server::start().await;
         let args = Args {
-            url: format!("ws://127.0.0.1:{port}/socket/websocket"),
+            url: server.ws_url(),
             loops: 4,
             duration: Duration::from_millis(1000),
             warmup: Duration::from_millis(200),
@@ -568,17 +475,16 @@ mod tests {
             sample_every: Duration::from_millis(300),
             settle: Duration::from_secs(5),
             max_rss_growth_kib: None,
-            server_pid: Some(std::process::id()),
-            source_addrs: 2,
-            timeout: 5,
-            workers: 1,
-            worker_index: None,
+            common: Common {
+                server_pid: Some(std::process::id()),
+                source_addrs: 2,
+                timeout: 5,
+            },
+            workers: WorkerOpts::single(),
             first_loop: 0,
-            source_offset: 0,
         };
         let report = run(args).await.unwrap();
-        let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
         assert_eq!(report["failures"], 0, "{report}");
         assert_eq!(report["leak_check"], true, "{report}");
         assert_eq!(report["sockets_after"], 0, "{report}");

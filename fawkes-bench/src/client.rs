@@ -285,10 +285,38 @@ pub fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
+/// Starts `start(i, stop)` for each i in 0..n, `rate` per second, in the
+/// background; the token that stops the ramp and the tasks (each gets a
+/// clone) and the tracker they run on.
+pub fn start_at_rate<F, Fut>(
+    n: usize,
+    rate: f64,
+    start: F,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio_util::task::TaskTracker,
+)
+where
+    F: Fn(usize, tokio_util::sync::CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let token = stop.clone();
+    tokio::spawn(spawn_at_rate(
+        n,
+        rate,
+        stop.clone(),
+        tracker.clone(),
+        move |i| start(i, token.clone()),
+    ));
+    (stop, tracker)
+}
+
 /// Spawns `start(i)` on `tracker` for each i in 0..n, `rate` per second,
 /// until `stop`. Due times count from the start, not from the previous
 /// spawn: timer granularity (1 ms) then costs no rate, only batches of a few.
-pub async fn spawn_at_rate<F, Fut>(
+async fn spawn_at_rate<F, Fut>(
     n: usize,
     rate: f64,
     stop: tokio_util::sync::CancellationToken,

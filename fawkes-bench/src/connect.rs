@@ -14,6 +14,7 @@
 //! reads the server and adds up the children's samples.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +26,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{
     Failure, FailureKind, Session, Sources, Target, Transport, describe_failures,
-    failures_from_json, failures_to_json, spawn_at_rate,
+    failures_from_json, failures_to_json, start_at_rate,
 };
 use crate::latency::Latencies;
 use crate::longpoll::{HttpClients, LongPoll};
-use crate::measure::{
-    Process, app_stats, check_file_limits, check_own_file_limit, warn_server_file_limit,
-};
-use crate::workers::{Parent, Workers, emit, share, source_split};
+use crate::measure::{Process, app_stats, check_own_file_limit, no_server_reading};
+use crate::options::{Common, WorkerOpts};
+use crate::workers::{Parent, Workers, check_limits, emit, share, source_split, worker_argv};
 
 /// Options of the `connect` scenario.
 #[derive(clap::Args, Debug)]
@@ -63,36 +63,16 @@ pub struct Args {
     /// it is read again at the end of the hold.
     #[arg(long, default_value_t = 2)]
     settle: u64,
-    /// The server's process id, to read its memory and CPU time from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Bind client sockets to this many source addresses, 127.0.0.2 and up
-    /// (0: the kernel chooses). One address allows ~28,000 connections.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=253))]
-    source_addrs: u8,
     /// Seconds between heartbeats of each WebSocket (LongPoll sends none).
     #[arg(long, default_value_t = 30)]
     heartbeat: u64,
-    /// Seconds to wait for each step (connect and handshake, or the GET
-    /// that opens a LongPoll session; the join reply).
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
-    /// Open the connections from this many worker processes (this binary
-    /// run again), each with its share of the connections and of the rate
-    /// and its own open-file limit and source addresses
-    /// (`--source-addrs` split between them, at least one each); this
-    /// process reads the server and adds up their reports.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    workers: u32,
-    /// A worker's number (set by the parent of a `--workers` run).
-    #[arg(long = "worker-index", hide = true)]
-    worker_index: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    workers: WorkerOpts,
     /// A worker's first connection number, for topics and addresses.
     #[arg(long, hide = true, default_value_t = 0)]
     first_connection: usize,
-    /// A worker's first source address, counted from 127.0.0.2.
-    #[arg(long, hide = true, default_value_t = 0)]
-    source_offset: u8,
 }
 
 /// How connection tasks reach the server.
@@ -176,22 +156,19 @@ pub async fn run(args: Args) -> Result<Value, String> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err("--rate must be a positive number".into());
     }
-    if let Some(index) = args.worker_index {
+    if let Some(index) = args.workers.worker_index {
         return worker(args, index).await;
     }
-    if args.workers > 1 {
+    if args.workers.count() > 1 {
         return run_workers(args).await;
     }
     let transport = args.transport;
     let url = args.url.as_deref().unwrap_or(transport.default_url());
     let target = Target::resolve(url, transport).await?;
-    check_file_limits(args.connections, args.server_pid)?;
-    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    check_limits(args.connections, 1, args.common.server_pid)?;
+    let server = args.common.server_pid.map(|pid| Process(Some(pid)));
     let me = Process(None);
-    let rss_before = server.map(Process::rss_kib).transpose()?;
-    let server_cpu_before = server.map(Process::cpu_ms).transpose()?;
-    let my_cpu_before = me.cpu_ms()?;
-    let stats_before = app_stats(target.addr).await;
+    let before = Before::read(server, target.addr).await?;
 
     let n = args.connections;
     print_header(&args, &target.url);
@@ -218,11 +195,8 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let hold_end = joined_at + Duration::from_secs(args.hold).max(settle);
     ramp.drain_until(hold_end).await;
     let rss_end = server.and_then(|s| reading(s.rss_kib()));
-    let server_cpu = server
-        .and_then(|s| reading(s.cpu_ms()))
-        .zip(server_cpu_before)
-        .map(|(after, before)| after.saturating_sub(before));
-    let my_cpu = me.cpu_ms()?.saturating_sub(my_cpu_before);
+    let server_cpu = before.server_cpu_since(server);
+    let my_cpu = me.cpu_ms()?.saturating_sub(before.my_cpu);
     let tally = ramp.close().await;
 
     report(
@@ -233,24 +207,20 @@ pub async fn run(args: Args) -> Result<Value, String> {
             tally,
             ramp_took,
             live,
-            rss_before,
+            before,
             rss_after,
             rss_end,
             server_files,
             my_files,
             server_cpu,
             my_cpu,
-            stats_before,
             stats_after,
         },
     )
 }
 
 fn print_header(args: &Args, url: &str) {
-    let workers = match args.workers {
-        1 => String::new(),
-        w => format!(" from {w} worker processes"),
-    };
+    let workers = args.workers.header();
     println!(
         "connect: {} {} connections to {url} over {} topics at {}/s{workers}, hold {} s",
         args.connections,
@@ -277,11 +247,11 @@ impl Ramp {
     /// Starts opening `args.connections` connections at `args.rate`,
     /// numbered from `args.first_connection` (topics and source addresses
     /// follow the number), bound to source addresses from
-    /// `args.source_offset`.
+    /// `--source-offset`.
     fn start(args: &Args, target: Target, label: &str) -> Result<Ramp, String> {
         let n = args.connections;
-        let sources = Sources::starting_at(args.source_offset, args.source_addrs)?;
-        let step_timeout = Duration::from_secs(args.timeout);
+        let sources = Sources::starting_at(args.workers.source_offset, args.common.source_addrs)?;
+        let step_timeout = Duration::from_secs(args.common.timeout);
         let via = match args.transport {
             Transport::WebSocket => Via::WebSocket(sources),
             Transport::LongPoll => Via::LongPoll(HttpClients::new(&target, sources, step_timeout)?),
@@ -294,19 +264,11 @@ impl Ramp {
             heartbeat: Duration::from_secs(args.heartbeat.max(1)),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let first = args.first_connection;
-        tokio::spawn(spawn_at_rate(
-            n,
-            args.rate,
-            stop.clone(),
-            tracker.clone(),
-            {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                move |i| connection(first + i, ctx.clone(), tx.clone(), stop.clone())
-            },
-        ));
+        let (stop, tracker) = start_at_rate(n, args.rate, {
+            let ctx = ctx.clone();
+            move |i, stop| connection(first + i, ctx.clone(), tx.clone(), stop)
+        });
         Ok(Ramp {
             ctx,
             rx,
@@ -379,8 +341,42 @@ impl Ramp {
 /// How long the ramp may take: the pacing, two step timeouts and a margin.
 fn ramp_limit(args: &Args) -> Duration {
     Duration::from_secs_f64(args.connections as f64 / args.rate)
-        + 2 * Duration::from_secs(args.timeout)
+        + 2 * Duration::from_secs(args.common.timeout)
         + Duration::from_secs(10)
+}
+
+/// What is read before the first connection, by one process or the
+/// parent of workers.
+struct Before {
+    /// The server's resident memory, in KiB.
+    rss: Option<u64>,
+    /// The server's CPU time, in ms.
+    server_cpu: Option<u64>,
+    /// This process's CPU time, in ms.
+    my_cpu: u64,
+    /// The server's `GET /api/stats`.
+    stats: Option<Value>,
+}
+
+impl Before {
+    /// Reads the server (when given) and this process; a server that
+    /// cannot be read fails the run before it starts.
+    async fn read(server: Option<Process>, addr: SocketAddr) -> Result<Before, String> {
+        Ok(Before {
+            rss: server.map(Process::rss_kib).transpose()?,
+            server_cpu: server.map(Process::cpu_ms).transpose()?,
+            my_cpu: Process(None).cpu_ms()?,
+            stats: app_stats(addr).await,
+        })
+    }
+
+    /// The server's CPU time since, in ms, when it can still be read.
+    fn server_cpu_since(&self, server: Option<Process>) -> Option<u64> {
+        server
+            .and_then(|s| reading(s.cpu_ms()))
+            .zip(self.server_cpu)
+            .map(|(after, before)| after.saturating_sub(before))
+    }
 }
 
 /// Everything the summary and the JSON line are made of.
@@ -390,14 +386,13 @@ struct Outcome {
     tally: Tally,
     ramp_took: Duration,
     live: usize,
-    rss_before: Option<u64>,
+    before: Before,
     rss_after: Option<u64>,
     rss_end: Option<u64>,
     server_files: Option<usize>,
     my_files: Option<usize>,
     server_cpu: Option<u64>,
     my_cpu: u64,
-    stats_before: Option<Value>,
     stats_after: Option<Value>,
 }
 
@@ -410,14 +405,18 @@ fn report(args: &Args, o: Outcome) -> Result<Value, String> {
         mut tally,
         ramp_took,
         live,
-        rss_before,
+        before:
+            Before {
+                rss: rss_before,
+                stats: stats_before,
+                ..
+            },
         rss_after,
         rss_end,
         server_files,
         my_files,
         server_cpu,
         my_cpu,
-        stats_before,
         stats_after,
     } = o;
     let transport = args.transport;
@@ -488,10 +487,9 @@ fn report(args: &Args, o: Outcome) -> Result<Value, String> {
     }
     if let Some(cpu) = server_cpu {
         println!("cpu       server {cpu} ms, {tool} {my_cpu} ms");
-    } else if args.server_pid.is_some() {
-        println!("cpu       {tool} {my_cpu} ms (the server could not be read)");
     } else {
-        println!("cpu       {tool} {my_cpu} ms (no --server-pid)");
+        let why = no_server_reading(args.common.server_pid);
+        println!("cpu       {tool} {my_cpu} ms{why}");
     }
     let report = json!({
         "scenario": "connect",
@@ -535,30 +533,17 @@ fn report(args: &Args, o: Outcome) -> Result<Value, String> {
 /// server).
 fn worker_args(args: &Args, url: &str, workers: usize, w: usize, sources: u8) -> Vec<String> {
     let (first, count) = share(args.connections, workers, w);
-    [
-        "connect",
-        "--transport",
-        args.transport.name(),
-        "--url",
-        url,
-    ]
-    .map(str::to_owned)
-    .into_iter()
-    .chain(
-        [
-            ("--connections", count.to_string()),
-            ("--first-connection", first.to_string()),
-            ("--topics", args.topics.to_string()),
-            ("--rate", (args.rate / workers as f64).to_string()),
-            ("--heartbeat", args.heartbeat.to_string()),
-            ("--timeout", args.timeout.to_string()),
-            ("--source-addrs", sources.to_string()),
-            ("--source-offset", (w * usize::from(sources)).to_string()),
-        ]
-        .into_iter()
-        .flat_map(|(k, v)| [k.to_owned(), v]),
-    )
-    .collect()
+    let own = [
+        ("--transport", args.transport.name().to_owned()),
+        ("--url", url.to_owned()),
+        ("--connections", count.to_string()),
+        ("--first-connection", first.to_string()),
+        ("--topics", args.topics.to_string()),
+        ("--rate", (args.rate / workers as f64).to_string()),
+        ("--heartbeat", args.heartbeat.to_string()),
+        ("--timeout", args.common.timeout.to_string()),
+    ];
+    worker_argv("connect", own, w, sources)
 }
 
 /// `--workers W`: the connections opened by W children (see
@@ -572,17 +557,12 @@ async fn run_workers(args: Args) -> Result<Value, String> {
         .unwrap_or_else(|| transport.default_url().to_owned());
     let target = Target::resolve(&url, transport).await?;
     let n = args.connections;
-    let w = args.workers as usize;
-    // The children inherit this process's limit; each needs its share.
-    check_own_file_limit(share(n, w, 0).1)?;
-    warn_server_file_limit(n, args.server_pid);
-    let sources = source_split(w, args.source_addrs)?;
-    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    let w = args.workers.count();
+    check_limits(n, w, args.common.server_pid)?;
+    let sources = source_split(w, args.common.source_addrs)?;
+    let server = args.common.server_pid.map(|pid| Process(Some(pid)));
     let me = Process(None);
-    let rss_before = server.map(Process::rss_kib).transpose()?;
-    let server_cpu_before = server.map(Process::cpu_ms).transpose()?;
-    let my_cpu_before = me.cpu_ms()?;
-    let stats_before = app_stats(target.addr).await;
+    let before = Before::read(server, target.addr).await?;
     print_header(&args, &target.url);
 
     let start = Instant::now();
@@ -619,10 +599,7 @@ async fn run_workers(args: Args) -> Result<Value, String> {
     let stats_after = app_stats(target.addr).await;
     sleep_until(joined_at + Duration::from_secs(args.hold).max(settle)).await;
     let rss_end = server.and_then(|s| reading(s.rss_kib()));
-    let server_cpu = server
-        .and_then(|s| reading(s.cpu_ms()))
-        .zip(server_cpu_before)
-        .map(|(after, before)| after.saturating_sub(before));
+    let server_cpu = before.server_cpu_since(server);
 
     children.go().await?;
     let results = children
@@ -631,7 +608,7 @@ async fn run_workers(args: Args) -> Result<Value, String> {
     children.finish(Duration::from_secs(10)).await;
 
     let mut tally = Tally::default();
-    let mut my_cpu = me.cpu_ms()?.saturating_sub(my_cpu_before);
+    let mut my_cpu = me.cpu_ms()?.saturating_sub(before.my_cpu);
     let mut my_files = me.open_files();
     for (i, r) in results.iter().enumerate() {
         let bad = |what: &str| format!("worker {i}: bad result ({what}): {r}");
@@ -667,14 +644,13 @@ async fn run_workers(args: Args) -> Result<Value, String> {
             tally,
             ramp_took,
             live,
-            rss_before,
+            before,
             rss_after,
             rss_end,
             server_files,
             my_files,
             server_cpu,
             my_cpu,
-            stats_before,
             stats_after,
         },
     )
@@ -869,40 +845,30 @@ mod tests {
     /// A short run over `transport` against the conformance app served in
     /// this process, from two source addresses; the run's report.
     async fn short_run(transport: Transport) -> Value {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(fawkes_conformance::serve(
-            listener,
-            fawkes_conformance::Options::default(),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let server = crate::testing::Server::start().await;
         let args = Args {
             transport,
             url: Some(
                 transport
                     .default_url()
-                    .replace(":4000", &format!(":{port}")),
+                    .replace("127.0.0.1:4000", &server.addr.to_string()),
             ),
             connections: 40,
             topics: 3,
             rate: 1000.0,
             hold: 0,
             settle: 0,
-            server_pid: Some(std::process::id()),
-            source_addrs: 2,
             heartbeat: 30,
-            timeout: 5,
-            workers: 1,
-            worker_index: None,
+            common: Common {
+                server_pid: Some(std::process::id()),
+                source_addrs: 2,
+                timeout: 5,
+            },
+            workers: WorkerOpts::single(),
             first_connection: 0,
-            source_offset: 0,
         };
         let report = run(args).await.unwrap();
-        let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
         report
     }
 

@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, interval, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::client::{
-    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures, spawn_at_rate,
+    Failure, FailureKind, Session, Sources, Target, Transport, describe_failures, start_at_rate,
 };
 use crate::latency::Latencies;
 use crate::measure::{Process, app_stats, check_file_limits};
+use crate::options::Common;
 
 /// Options of the `fanout` scenario.
 #[derive(clap::Args, Debug)]
@@ -57,17 +57,8 @@ pub struct Args {
     /// Subscribers connected per second.
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
-    /// The server's process id, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Bind client sockets to this many source addresses, 127.0.0.2 and up
-    /// (0: the kernel chooses).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=253))]
-    source_addrs: u8,
-    /// Seconds to wait for each connection step, and for the last
-    /// deliveries after the last broadcast.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// The event the conformance app's API broadcasts are sent as.
@@ -106,22 +97,22 @@ pub async fn run(args: Args) -> Result<Value, String> {
         return Err("--subscribers and --broadcasts must be at least 1".into());
     }
     let target = Target::resolve(&args.url, Transport::WebSocket).await?;
-    check_file_limits(args.subscribers, args.server_pid)?;
-    let server = args.server_pid.map(|pid| Process(Some(pid)));
+    check_file_limits(args.subscribers, args.common.server_pid)?;
+    let server = args.common.server_pid.map(|pid| Process(Some(pid)));
     let me = Process(None);
     let api = format!("http://{}/api/broadcast", target.addr);
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout))
+        .timeout(Duration::from_secs(args.common.timeout))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
 
     let n = args.subscribers;
     let ctx = Arc::new(Ctx {
         target,
-        sources: Sources::new(args.source_addrs),
+        sources: Sources::new(args.common.source_addrs),
         topic: args.topic.clone(),
         broadcasts: args.broadcasts,
-        step_timeout: Duration::from_secs(args.timeout),
+        step_timeout: Duration::from_secs(args.common.timeout),
         epoch: Instant::now(),
     });
     println!(
@@ -137,27 +128,11 @@ pub async fn run(args: Args) -> Result<Value, String> {
     // Connect and join everyone first.
     let (joined_tx, mut joined_rx) = mpsc::unbounded_channel::<Joined>();
     let (receipts_tx, mut receipts_rx) = mpsc::unbounded_channel::<Receipts>();
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let start = Instant::now();
-    tokio::spawn(spawn_at_rate(
-        n,
-        args.rate,
-        stop.clone(),
-        tracker.clone(),
-        {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            move |i| {
-                subscriber(
-                    i,
-                    ctx.clone(),
-                    joined_tx.clone(),
-                    receipts_tx.clone(),
-                    stop.clone(),
-                )
-            }
-        },
-    ));
+    let (stop, tracker) = start_at_rate(n, args.rate, {
+        let ctx = ctx.clone();
+        move |i, stop| subscriber(i, ctx.clone(), joined_tx.clone(), receipts_tx.clone(), stop)
+    });
     let ramp = Duration::from_secs_f64(n as f64 / args.rate);
     let deadline = start + ramp + 2 * ctx.step_timeout + Duration::from_secs(10);
     let mut failures = Vec::new();
@@ -442,18 +417,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_broadcast_reaches_every_subscriber() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(fawkes_conformance::serve(
-            listener,
-            fawkes_conformance::Options::default(),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let server = crate::testing::Server::start().await;
         let args = Args {
-            url: format!("ws://{addr}/socket/websocket"),
+            url: server.ws_url(),
             subscribers: 50,
             topic: "bench:fanout-test".into(),
             broadcasts: 5,
@@ -461,13 +427,14 @@ mod tests {
             burst: 2,
             payload_bytes: 256,
             rate: 1000.0,
-            server_pid: Some(std::process::id()),
-            source_addrs: 0,
-            timeout: 10,
+            common: Common {
+                server_pid: Some(std::process::id()),
+                source_addrs: 0,
+                timeout: 10,
+            },
         };
         let report = run(args).await.unwrap();
-        let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
         assert_eq!(report["delivered"], 250);
         assert_eq!(report["expected"], 250);
         assert!(report["latency_ms"]["p99"].is_number());

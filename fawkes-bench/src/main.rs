@@ -23,13 +23,17 @@
 mod churn;
 mod client;
 mod connect;
+mod counts;
 mod fanout;
 mod inprocess;
 mod latency;
 mod longpoll;
 mod measure;
+mod options;
 mod pingpong;
 mod presence;
+#[cfg(test)]
+mod testing;
 mod workers;
 
 use std::process::ExitCode;

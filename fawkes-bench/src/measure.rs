@@ -126,6 +126,16 @@ impl Window {
     }
 }
 
+/// Why a summary has no server CPU figure: `" (no --server-pid)"`, or the
+/// server given could not be read.
+pub fn no_server_reading(server_pid: Option<u32>) -> &'static str {
+    if server_pid.is_some() {
+        " (the server could not be read)"
+    } else {
+        " (no --server-pid)"
+    }
+}
+
 /// Readings over a [`Window`]: CPU time used inside it by the server and by
 /// this process, and the server's resident memory at points in it.
 #[derive(Debug, Clone)]

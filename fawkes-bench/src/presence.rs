@@ -36,10 +36,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::client::{
-    Failure, FailureKind, Sources, Target, Transport, describe_failures, spawn_at_rate,
+    Failure, FailureKind, Sources, Target, Transport, describe_failures, start_at_rate,
 };
 use crate::latency::Latencies;
 use crate::measure::{Process, app_json, check_file_limits};
@@ -1005,19 +1004,11 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let server_cpu_before = server.map(Process::cpu_ms).transpose()?;
     let my_cpu_before = me.cpu_ms()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let start = Instant::now();
-    tokio::spawn(spawn_at_rate(
-        n,
-        args.rate,
-        stop.clone(),
-        tracker.clone(),
-        {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            move |i| client(i, ctx.clone(), tx.clone(), stop.clone())
-        },
-    ));
+    let (stop, tracker) = start_at_rate(n, args.rate, {
+        let ctx = ctx.clone();
+        move |i, stop| client(i, ctx.clone(), tx.clone(), stop)
+    });
 
     let ramp = Duration::from_secs_f64(n as f64 / args.rate);
     let deadline = start + ramp + Duration::from_secs(args.deadline);

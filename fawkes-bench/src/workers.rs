@@ -29,6 +29,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::measure::{check_file_limits, check_own_file_limit, warn_server_file_limit};
+
 /// The hidden option that makes a scenario a worker.
 pub const WORKER_FLAG: &str = "--worker-index";
 
@@ -57,6 +59,43 @@ pub fn source_split(workers: usize, source_addrs: u8) -> Result<u8, String> {
 pub fn share(n: usize, workers: usize, i: usize) -> (usize, usize) {
     let (base, extra) = (n / workers, n % workers);
     (i * base + i.min(extra), base + usize::from(i < extra))
+}
+
+/// The options worker `w` runs with: the scenario's name, then `pairs`
+/// (its own share of the scenario's options), then its `sources` source
+/// addresses from offset `w × sources`.
+pub fn worker_argv(
+    scenario: &str,
+    pairs: impl IntoIterator<Item = (&'static str, String)>,
+    w: usize,
+    sources: u8,
+) -> Vec<String> {
+    let addrs = [
+        ("--source-addrs", sources.to_string()),
+        ("--source-offset", (w * usize::from(sources)).to_string()),
+    ];
+    let options = pairs.into_iter().chain(addrs);
+    std::iter::once(scenario.to_owned())
+        .chain(options.flat_map(|(k, v)| [k.to_owned(), v]))
+        .collect()
+}
+
+/// Checks the open-file limits for `clients` spread over `workers`
+/// processes: with more than one, each child (which inherits this
+/// process's limit) needs its share, and the server's limit is only
+/// warned about.
+///
+/// # Errors
+///
+/// Too low a limit.
+pub fn check_limits(clients: usize, workers: usize, server_pid: Option<u32>) -> Result<(), String> {
+    if workers > 1 {
+        check_own_file_limit(share(clients, workers, 0).1)?;
+        warn_server_file_limit(clients, server_pid);
+        Ok(())
+    } else {
+        check_file_limits(clients, server_pid)
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -4,29 +4,20 @@
 
 use serde_json::Value;
 
-/// Serves the conformance app on a free port; the port and a sender that
-/// stops it.
-async fn serve() -> (u16, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(fawkes_conformance::serve(
-        listener,
-        fawkes_conformance::Options::default(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    (port, stop_tx)
-}
+// The unit tests' server helper: this crate has no library to share it
+// through.
+#[path = "../src/testing.rs"]
+mod testing;
+
+use testing::Server;
 
 /// Runs `fawkes-bench ARGS --url … --server-pid <this process>`; the JSON
 /// line it ends with, after checking that it succeeded.
-async fn bench(port: u16, args: &[&str]) -> Value {
+async fn bench(server: &Server, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fawkes-bench"))
         .args(args)
         .arg("--url")
-        .arg(format!("ws://127.0.0.1:{port}/socket/websocket"))
+        .arg(server.ws_url())
         .arg("--server-pid")
         .arg(std::process::id().to_string())
         .kill_on_drop(true)
@@ -42,9 +33,9 @@ async fn bench(port: u16, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_over_two_workers_adds_up_their_connections() {
-    let (port, stop) = serve().await;
+    let server = Server::start().await;
     let report = bench(
-        port,
+        &server,
         &[
             "connect",
             "--workers",
@@ -66,7 +57,7 @@ async fn connect_over_two_workers_adds_up_their_connections() {
         ],
     )
     .await;
-    let _ = stop.send(());
+    server.stop().await;
     assert_eq!(report["workers"], 2, "{report}");
     assert_eq!(report["joined"], 41, "{report}");
     assert_eq!(report["failures"], 0, "{report}");
@@ -88,9 +79,9 @@ async fn connect_over_two_workers_adds_up_their_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pingpong_over_two_workers_merges_their_counts() {
-    let (port, stop) = serve().await;
+    let server = Server::start().await;
     let report = bench(
-        port,
+        &server,
         &[
             "pingpong",
             "--workers",
@@ -108,7 +99,7 @@ async fn pingpong_over_two_workers_merges_their_counts() {
         ],
     )
     .await;
-    let _ = stop.send(());
+    server.stop().await;
     assert_eq!(report["workers"], 2, "{report}");
     assert_eq!(report["joined"], 6, "{report}");
     assert_eq!(report["failures"], 0, "{report}");
@@ -118,9 +109,9 @@ async fn pingpong_over_two_workers_merges_their_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_over_two_workers_passes_the_leak_check() {
-    let (port, stop) = serve().await;
+    let server = Server::start().await;
     let report = bench(
-        port,
+        &server,
         &[
             "churn",
             "--workers",
@@ -138,7 +129,7 @@ async fn churn_over_two_workers_passes_the_leak_check() {
         ],
     )
     .await;
-    let _ = stop.send(());
+    server.stop().await;
     assert_eq!(report["workers"], 2, "{report}");
     assert_eq!(report["failures"], 0, "{report}");
     assert_eq!(report["leak_check"], true, "{report}");
