@@ -265,10 +265,12 @@ pub async fn run(args: Args) -> Result<Value, String> {
         p(&mut latencies, 99.0),
         p(&mut latencies, 100.0),
     );
-    let mut per_p99: Vec<f64> = per_broadcast
+    // In sending order, so a slow first (or periodic) broadcast shows.
+    let broadcast_p99: Vec<Option<f64>> = per_broadcast
         .iter_mut()
-        .filter_map(|l| l.percentile_ms(99.0))
+        .map(|l| round3(l.percentile_ms(99.0)))
         .collect();
+    let mut per_p99: Vec<f64> = broadcast_p99.iter().flatten().copied().collect();
     per_p99.sort_by(f64::total_cmp);
     let median_p99 = per_p99
         .get(per_p99.len() / 2)
@@ -328,6 +330,7 @@ pub async fn run(args: Args) -> Result<Value, String> {
         "delivered": delivered,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max},
         "median_broadcast_p99_ms": median_p99,
+        "broadcast_p99_ms": broadcast_p99,
         "span_ms": round3(span_ms),
         "server_cpu_ms": server_cpu,
         "server_cpu_us_per_delivery": us_per_delivery,
@@ -408,6 +411,10 @@ async fn subscriber(
         }
     }
     let _ = receipts.send(got);
+    // Closing at once would load the server (and this tool) while the last
+    // broadcast still reaches the others: wait until every subscriber has
+    // reported.
+    stop.cancelled().await;
     let _ = timeout(Duration::from_secs(2), session.close()).await;
 }
 
