@@ -154,7 +154,8 @@ pub async fn run(args: Args) -> Result<Value, String> {
     let topics = args.topics as usize;
     let me = Process(None);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    let (_router, endpoint) = fawkes_conformance::app(&fawkes_conformance::Options::default());
+    let (_router, endpoint) =
+        fawkes_conformance::app(&fawkes_conformance::Options::default()).expect("no pubsub url");
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let transport = MemoryTransport::new(&endpoint, "/socket")
         .map_err(|e| e.to_string())?

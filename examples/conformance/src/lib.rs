@@ -2,7 +2,9 @@
 //! Phoenix clients, load tools) drive over the network, so its behaviour is
 //! fixed point by point. Run it with
 //! `cargo run --release --bin fawkes-conformance` (`--port`, `--host`,
-//! `--node-name`; it listens on 127.0.0.1:4000 by default).
+//! `--node-name`, `--pubsub redis://HOST:PORT`; it listens on
+//! 127.0.0.1:4000 by default). Nodes started with the same `--pubsub` (and
+//! `--pubsub-namespace`) form one cluster.
 //!
 //! A socket at `/socket` (WebSocket at `/socket/websocket`, LongPoll at
 //! `/socket/longpoll`, serializers `1.0.x` and `2.0.x`; origins other than
@@ -30,6 +32,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 
+use fawkes::pubsub::redis::{RedisAdapter, RedisConfig, RedisUrlError, Routing};
 use fawkes::{
     Assigns, CheckOrigin, ConnectInfo, Endpoint, LongPollConfig, Params, PresenceConfig, Refused,
     Socket, WebSocketConfig,
@@ -49,6 +52,11 @@ pub struct Options {
     pub longpoll_window: Duration,
     /// `redis://HOST:PORT` to join a cluster; `None` runs alone.
     pub pubsub: Option<String>,
+    /// The cluster's Redis channel prefix (default `fawkes`): nodes with
+    /// another namespace on the same Redis are another cluster.
+    pub pubsub_namespace: String,
+    /// How broadcasts are routed between nodes (default: by topic shard).
+    pub pubsub_routing: Routing,
     /// Merge presence changes over this window into one diff per topic
     /// ([`fawkes::PresenceConfig::diff_batch_window`]); `None` (the default)
     /// sends one diff per change.
@@ -62,6 +70,8 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(60),
             longpoll_window: Duration::from_secs(10),
             pubsub: None,
+            pubsub_namespace: "fawkes".into(),
+            pubsub_routing: Routing::default(),
             presence_batch_window: None,
         }
     }
@@ -105,24 +115,28 @@ impl Socket for UserSocket {
     }
 }
 
-/// Builds the app: the router to serve and the endpoint handle.
+/// Builds the app: the router to serve and the endpoint handle. With
+/// `opts.pubsub` it joins the cluster over Redis (retrying for as long as
+/// Redis is unreachable); call it inside a tokio runtime.
 ///
-/// # Panics
+/// # Errors
 ///
-/// If `opts.pubsub` is set: clustering over Redis is not built yet.
-pub fn app(opts: &Options) -> (axum::Router, Endpoint) {
-    assert!(
-        opts.pubsub.is_none(),
-        "--pubsub is not supported yet: this build runs a single node"
-    );
+/// If `opts.pubsub` is not a Redis URL.
+pub fn app(opts: &Options) -> Result<(axum::Router, Endpoint), RedisUrlError> {
     let check_origin =
         CheckOrigin::list(["//localhost", "//127.0.0.1"]).unwrap_or_else(|e| panic!("{e}"));
     let mut presence = PresenceConfig::default();
     if let Some(window) = opts.presence_batch_window {
         presence = presence.diff_batch_window(window);
     }
-    let (socket_router, endpoint) = Endpoint::builder()
-        .node_name(opts.node_name.clone())
+    let mut builder = Endpoint::builder().node_name(opts.node_name.clone());
+    if let Some(url) = &opts.pubsub {
+        let config = RedisConfig::new(url.clone())
+            .namespace(opts.pubsub_namespace.clone())
+            .routing(opts.pubsub_routing);
+        builder = builder.adapter(RedisAdapter::new(config)?);
+    }
+    let (socket_router, endpoint) = builder
         .presence(presence)
         .socket("/socket", UserSocket)
         .channel("room:*", Room)
@@ -134,7 +148,7 @@ pub fn app(opts: &Options) -> (axum::Router, Endpoint) {
         .longpoll(LongPollConfig::default().window(opts.longpoll_window))
         .build();
     let router = socket_router.merge(http_api::router(endpoint.clone(), opts.node_name.clone()));
-    (router, endpoint)
+    Ok((router, endpoint))
 }
 
 /// Serves the app on `listener` until `shutdown` resolves, then closes every
@@ -144,7 +158,7 @@ pub async fn serve(
     opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (router, endpoint) = app(&opts);
+    let (router, endpoint) = app(&opts).map_err(std::io::Error::other)?;
     // Small frames must leave at once, not wait behind an unacknowledged
     // one (Nagle's algorithm) for the client's delayed ACK.
     let listener = listener.tap_io(|tcp| {

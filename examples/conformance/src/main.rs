@@ -1,9 +1,11 @@
 //! The conformance app's binary.
 //!
 //! Run with `cargo run --release --bin fawkes-conformance` (options:
-//! `--port`, `--host`, `--node-name`, `--presence-batch-ms`; see `--help`).
+//! `--port`, `--host`, `--node-name`, `--pubsub`, `--pubsub-namespace`,
+//! `--pubsub-routing`, `--presence-batch-ms`; see `--help`).
 
 use clap::Parser;
+use fawkes::pubsub::redis::Routing;
 use fawkes_conformance::{Options, random_node_name, serve};
 use tracing_subscriber::EnvFilter;
 
@@ -17,9 +19,17 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
-    /// `redis://HOST:PORT` to join a cluster (not yet supported).
+    /// `redis://HOST:PORT` to join a cluster of nodes over Redis.
     #[arg(long, env = "PUBSUB_URL")]
     pubsub: Option<String>,
+    /// Prefix of the cluster's Redis channels: nodes of one cluster share it.
+    #[arg(long, env = "PUBSUB_NAMESPACE", default_value = "fawkes")]
+    pubsub_namespace: String,
+    /// Broadcast routing between nodes: `sharded` (a node receives the
+    /// topic shards it has subscribers for) or `all` (every node receives
+    /// every broadcast, as Phoenix's Redis adapter).
+    #[arg(long, env = "PUBSUB_ROUTING", default_value = "sharded")]
+    pubsub_routing: RoutingArg,
     /// The node's name (default: random).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -38,10 +48,6 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let cli = Cli::parse();
-    if cli.pubsub.is_some() {
-        tracing::error!("--pubsub is not supported yet: this build runs a single node");
-        return std::process::ExitCode::FAILURE;
-    }
     let listener = match tokio::net::TcpListener::bind((cli.host.as_str(), cli.port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -59,6 +65,12 @@ async fn main() -> std::process::ExitCode {
     let opts = Options {
         node_name: cli.node_name.unwrap_or_else(random_node_name),
         presence_batch_window: cli.presence_batch_ms.map(std::time::Duration::from_millis),
+        pubsub: cli.pubsub,
+        pubsub_namespace: cli.pubsub_namespace,
+        pubsub_routing: match cli.pubsub_routing {
+            RoutingArg::Sharded => Routing::default(),
+            RoutingArg::All => Routing::AllNodes,
+        },
         ..Options::default()
     };
     tracing::info!(node = %opts.node_name, "listening on http://{addr}");
@@ -69,6 +81,15 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `--pubsub-routing`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoutingArg {
+    /// By topic shard.
+    Sharded,
+    /// Every broadcast to every node.
+    All,
 }
 
 /// Resolves on SIGINT or SIGTERM.

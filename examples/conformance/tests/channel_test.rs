@@ -9,7 +9,7 @@ use fawkes_conformance::{Options, app};
 use serde_json::json;
 
 fn endpoint() -> Endpoint {
-    app(&Options::default()).1
+    app(&Options::default()).expect("no pubsub url").1
 }
 
 async fn connect(endpoint: &Endpoint, user_id: &str) -> TestSocket {

@@ -282,6 +282,10 @@ fn socket_closed(core: &ChannelCore) -> Exit {
     Exit::SocketClosed(StopReason::Shutdown(reason.into()))
 }
 
+/// How long a join waits for its topic's subscription on the cluster
+/// backend before answering anyway.
+const CLUSTER_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `join` and answers it; the context if the channel joined.
 async fn join_channel<C: Channel>(
     chan: &mut C,
@@ -302,6 +306,11 @@ async fn join_channel<C: Channel>(
             // gets every broadcast made after it saw the reply.
             let id = core.env.pubsub.subscribe(&core.topic, core.clone());
             let _ = core.subscription.set(id);
+            // Across nodes too, once the adapter's subscription is in place;
+            // bounded, so a slow cluster backend delays joins at most this.
+            if let Some(ready) = core.env.pubsub.ready(&core.topic) {
+                let _ = tokio::time::timeout(CLUSTER_READY_WAIT, ready).await;
+            }
             ("ok", response)
         }
         Ok(Err(response)) => ("error", response),

@@ -63,7 +63,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::channel::{Channel, ChannelError, ChannelFactory, Route};
 use crate::presence::{Presence, PresenceConfig, Tracker};
-use crate::pubsub::PubSub;
+use crate::pubsub::{Adapter, Link, PubSub};
 use crate::socket::{DynSocket, OutboxLimits, Socket, TopicPattern};
 use crate::token::Token;
 use crate::transport::{CheckOrigin, LongPollConfig, WebSocketConfig, longpoll, websocket};
@@ -246,6 +246,17 @@ impl EndpointBuilder {
         self
     }
 
+    /// Links this node to others through `adapter` (the `redis` feature's
+    /// [`RedisAdapter`](crate::pubsub::redis::RedisAdapter), say): broadcasts,
+    /// presence and forced disconnects then span every node. Started when
+    /// the endpoint is built, which must then run inside a tokio runtime.
+    pub fn adapter(mut self, adapter: impl Adapter) -> Self {
+        self.pubsub
+            .get_or_insert_with(PubSub::new)
+            .set_adapter(Arc::new(adapter));
+        self
+    }
+
     /// Uses this pubsub (for instance one with a cluster adapter) instead of a
     /// new in-memory one.
     pub fn pubsub(mut self, pubsub: PubSub) -> Self {
@@ -306,15 +317,23 @@ impl EndpointBuilder {
         let pubsub = self.pubsub.unwrap_or_default();
         let tracker = TaskTracker::new();
         let root = CancellationToken::new();
+        let node_name = self
+            .node_name
+            .unwrap_or_else(|| format!("fawkes-{:08x}", crate::presence::random_u64() as u32));
+        if let Some(adapter) = pubsub.adapter() {
+            adapter.start(Link::new(
+                &pubsub,
+                &node_name,
+                root.clone(),
+                tracker.clone(),
+            ));
+        }
         let presence = Presence::new(Tracker::new(
             pubsub.clone(),
             self.presence,
             tracker.clone(),
             root.clone(),
         ));
-        let node_name = self
-            .node_name
-            .unwrap_or_else(|| format!("fawkes-{:08x}", crate::presence::random_u64() as u32));
         let shared = Arc::new(Shared {
             pubsub,
             presence,

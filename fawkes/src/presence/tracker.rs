@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::state::{Conflict, Diff, Dot, Entry, Metas, OwnerId, ReplicaId, State};
 use super::{PresenceConfig, PresenceError, PresenceMap, PresenceMetas};
-use crate::pubsub::PubSub;
+use crate::pubsub::{PubSub, stable_hash};
 
 /// A meta as stored: the application's object plus `phx_ref` (and
 /// `phx_ref_prev` after an update), encoded once.
@@ -83,13 +83,6 @@ impl Drop for Tracker {
         // Lets the flush task see that the tracker is gone.
         self.batch_started.notify_one();
     }
-}
-
-/// A fixed hash, so every node maps a topic to the same shard.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 pub(crate) fn random_u64() -> u64 {
@@ -156,7 +149,7 @@ impl Tracker {
     }
 
     fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
-        let i = (fnv1a(topic) % self.shards.len() as u64) as usize;
+        let i = (stable_hash(topic) % self.shards.len() as u64) as usize;
         // Nothing panics while a shard is locked; recover anyway.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -608,7 +601,7 @@ mod tests {
     #[test]
     fn shards_are_the_same_on_every_node() {
         // FNV-1a test vectors: the hash must never change between builds.
-        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

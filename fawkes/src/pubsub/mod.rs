@@ -3,8 +3,10 @@
 //!
 //! Owns `broadcast`, `broadcast_from` and broadcasts from outside any
 //! channel, and the [`Adapter`] seam through which a cluster backend carries
-//! broadcasts to other nodes. Knows nothing of channels' callbacks: a
-//! subscriber is anything implementing [`Subscriber`].
+//! broadcasts, and the framework's [`NodeMessage`]s (presence replication,
+//! LongPoll routing), to other nodes: the [`redis`] module (feature
+//! `redis`) is one. Knows nothing of channels' callbacks: a subscriber is
+//! anything implementing [`Subscriber`].
 //!
 //! ```
 //! use fawkes::pubsub::PubSub;
@@ -18,9 +20,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
+use bytes::Bytes;
 use fawkes_protocol::{Frame, Payload, Serializer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::channel::{ChannelError, valid_payload};
 
@@ -76,11 +81,22 @@ pub trait Subscriber: Send + Sync + 'static {
     fn deliver(&self, msg: &Arc<Broadcast>, encoded: &mut EncodedBroadcast);
 }
 
-/// Carries broadcasts between nodes. The local fan-out is the [`PubSub`]'s;
-/// an adapter only publishes what this node broadcasts and feeds what other
-/// nodes broadcast into [`PubSub::deliver_local`].
+/// Carries broadcasts and node messages between nodes. The local fan-out
+/// is the [`PubSub`]'s; an adapter publishes what this node broadcasts and
+/// feeds what other nodes broadcast into [`Link::deliver`].
+///
+/// The endpoint calls [`start`](Self::start) once, when it is built, with
+/// the [`Link`] to deliver into. The `redis` feature provides one adapter:
+/// [`redis::RedisAdapter`].
 pub trait Adapter: Send + Sync + 'static {
-    /// Publishes a broadcast made on this node to the other nodes.
+    /// Starts the adapter's work (connections, tasks) for the node `link`
+    /// names. Runs inside the endpoint's runtime.
+    fn start(&self, link: Link) {
+        let _ = link;
+    }
+    /// Publishes a broadcast made on this node to the other nodes. Must not
+    /// block: queue it. Its `from` is a subscription of this node: other
+    /// nodes deliver to all their subscribers.
     fn publish(&self, msg: &Arc<Broadcast>);
     /// The topic gained its first local subscriber.
     fn subscribed(&self, topic: &str) {
@@ -90,6 +106,124 @@ pub trait Adapter: Send + Sync + 'static {
     fn unsubscribed(&self, topic: &str) {
         let _ = topic;
     }
+    /// Resolves once broadcasts on `topic` from other nodes reach this node,
+    /// if they may not yet (a subscription on its way); `None` if they do.
+    /// A join waits for it, up to a bound, before its ok reply.
+    fn ready(&self, topic: &str) -> Option<BoxFuture<'static, ()>> {
+        let _ = topic;
+        None
+    }
+    /// Sends a node message to the node named `to`, or to every other node.
+    /// Must not block.
+    fn send(&self, to: Option<&str>, msg: NodeMessage) {
+        let _ = (to, msg);
+    }
+}
+
+/// A boxed future, as [`Adapter::ready`] returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A message from one node's framework part to another's (presence
+/// replication, LongPoll requests that landed on another node), carried by
+/// the adapter beside broadcasts. Handlers register by service name with
+/// [`PubSub::on_node_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMessage {
+    /// The service it is for (`"presence"`, say).
+    pub service: Arc<str>,
+    /// The name of the node that sent it (filled in on receipt).
+    pub from: Arc<str>,
+    /// What the service makes of it.
+    pub body: Bytes,
+}
+
+/// What an adapter delivers into: the node's pubsub, its name, and the
+/// endpoint's shutdown, which the adapter's tasks follow.
+#[derive(Clone)]
+pub struct Link {
+    pubsub: Weak<Inner>,
+    node: Arc<str>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link for `pubsub` on the node named `node`, with the tasks of an
+    /// adapter tracked by `tasks` and stopped by `cancel`.
+    pub fn new(pubsub: &PubSub, node: &str, cancel: CancellationToken, tasks: TaskTracker) -> Link {
+        Link {
+            pubsub: Arc::downgrade(&pubsub.inner),
+            node: node.into(),
+            cancel,
+            tasks,
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Delivers another node's broadcast to this node's subscribers;
+    /// `false` once the pubsub is gone.
+    pub fn deliver(&self, msg: &Arc<Broadcast>) -> bool {
+        match self.pubsub.upgrade() {
+            Some(inner) => {
+                PubSub { inner }.deliver_local(msg);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands another node's message to the handler of its service (dropped,
+    /// and logged, when there is none); `false` once the pubsub is gone.
+    pub fn deliver_node_message(&self, msg: NodeMessage) -> bool {
+        match self.pubsub.upgrade() {
+            Some(inner) => {
+                PubSub { inner }.deliver_node_message(msg);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancelled when the endpoint shuts down.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Spawns one of the adapter's tasks; the endpoint's shutdown waits for
+    /// it.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+}
+
+/// Handles the node messages of one service; runs on the adapter's receive
+/// task, so it must not block.
+pub type NodeMessageHandler = Arc<dyn Fn(NodeMessage) + Send + Sync>;
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// A hash that never changes between builds or nodes (FNV-1a), so every
+/// node maps a topic to the same shard.
+pub(crate) fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 const SHARDS: usize = 16;
@@ -131,6 +265,7 @@ struct Inner {
     hasher: RandomState,
     next_id: AtomicU64,
     adapter: RwLock<Option<Arc<dyn Adapter>>>,
+    handlers: RwLock<HashMap<Arc<str>, NodeMessageHandler>>,
 }
 
 /// The node's publish/subscribe hub. Cheap to clone.
@@ -160,11 +295,14 @@ impl PubSub {
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(1),
                 adapter: RwLock::new(None),
+                handlers: RwLock::new(HashMap::new()),
             }),
         }
     }
 
-    /// Installs the adapter that links this node to others.
+    /// Installs the adapter that links this node to others; the endpoint
+    /// built with this pubsub starts it
+    /// ([`EndpointBuilder::adapter`](crate::EndpointBuilder::adapter) does both).
     pub fn set_adapter(&self, adapter: Arc<dyn Adapter>) {
         *self
             .inner
@@ -173,7 +311,59 @@ impl PubSub {
             .unwrap_or_else(|e| e.into_inner()) = Some(adapter);
     }
 
-    fn adapter(&self) -> Option<Arc<dyn Adapter>> {
+    /// Whether an adapter links this node to others.
+    pub fn is_clustered(&self) -> bool {
+        self.adapter().is_some()
+    }
+
+    /// Registers the handler of `service`'s node messages (replacing any).
+    pub fn on_node_message(&self, service: &str, handler: NodeMessageHandler) {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.into(), handler);
+    }
+
+    /// Sends `body` to `service` on the node named `to`, or on every other
+    /// node; nothing without an adapter.
+    pub fn send_node_message(&self, to: Option<&str>, service: &str, body: Bytes) {
+        if let Some(adapter) = self.adapter() {
+            adapter.send(
+                to,
+                NodeMessage {
+                    service: service.into(),
+                    from: Arc::from(""),
+                    body,
+                },
+            );
+        }
+    }
+
+    /// Hands a node message to its service's handler.
+    pub fn deliver_node_message(&self, msg: NodeMessage) {
+        let handler = self
+            .inner
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&msg.service)
+            .cloned();
+        match handler {
+            Some(handler) => handler(msg),
+            None => {
+                tracing::debug!(target: "fawkes::pubsub", service = %msg.service, from = %msg.from, "node message for no service, dropped");
+            }
+        }
+    }
+
+    /// Resolves once broadcasts on `topic` from other nodes reach this node
+    /// ([`Adapter::ready`]); at once without an adapter.
+    pub fn ready(&self, topic: &str) -> Option<BoxFuture<'static, ()>> {
+        self.adapter()?.ready(topic)
+    }
+
+    pub(crate) fn adapter(&self) -> Option<Arc<dyn Adapter>> {
         self.inner
             .adapter
             .read()

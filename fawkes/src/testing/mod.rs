@@ -294,10 +294,10 @@ impl TestSocket {
     async fn expect(&mut self, what: &str, pick: impl Fn(&Message) -> bool) -> Message {
         let deadline = Instant::now() + self.timeout;
         loop {
-            if let Some(pos) = self.inbox.iter().position(&pick) {
-                if let Some(msg) = self.inbox.remove(pos) {
-                    return msg;
-                }
+            if let Some(pos) = self.inbox.iter().position(&pick)
+                && let Some(msg) = self.inbox.remove(pos)
+            {
+                return msg;
             }
             if !self.fill(deadline).await {
                 panic!(
