@@ -147,8 +147,10 @@ pub struct RedisStats {
     pub published: u64,
     /// Messages dropped on the way out: Redis unreachable or queue full.
     pub dropped: u64,
-    /// Messages from other nodes received.
-    pub received: u64,
+    /// Broadcasts from other nodes received.
+    pub broadcasts_received: u64,
+    /// Node messages (presence, LongPoll) from other nodes received.
+    pub node_messages_received: u64,
     /// Received messages that did not decode (logged and dropped).
     pub malformed: u64,
     /// Times the subscription connection was (re)established.
@@ -198,6 +200,8 @@ struct Inner {
     out_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     subs: Mutex<Subscriptions>,
     subs_changed: Notify,
+    /// Tells the publisher that the subscription connection broke.
+    sub_lost: Notify,
     /// The publishing connection is up.
     publishing: AtomicBool,
     /// The subscribing connection is up.
@@ -207,7 +211,8 @@ struct Inner {
     broadcast_all: Arc<str>,
     published: AtomicU64,
     dropped: AtomicU64,
-    received: AtomicU64,
+    broadcasts_received: AtomicU64,
+    node_messages_received: AtomicU64,
     malformed: AtomicU64,
     connects: AtomicU64,
 }
@@ -238,6 +243,7 @@ impl RedisAdapter {
                 out_rx: Mutex::new(Some(out_rx)),
                 subs: Mutex::new(Subscriptions::default()),
                 subs_changed: Notify::new(),
+                sub_lost: Notify::new(),
                 publishing: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
                 all_channel: format!("{ns}:n").into(),
@@ -245,7 +251,8 @@ impl RedisAdapter {
                 broadcast_all: format!("{ns}:b").into(),
                 published: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
-                received: AtomicU64::new(0),
+                broadcasts_received: AtomicU64::new(0),
+                node_messages_received: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
                 connects: AtomicU64::new(0),
                 config,
@@ -259,10 +266,16 @@ impl RedisAdapter {
         RedisStats {
             published: i.published.load(Ordering::Relaxed),
             dropped: i.dropped.load(Ordering::Relaxed),
-            received: i.received.load(Ordering::Relaxed),
+            broadcasts_received: i.broadcasts_received.load(Ordering::Relaxed),
+            node_messages_received: i.node_messages_received.load(Ordering::Relaxed),
             malformed: i.malformed.load(Ordering::Relaxed),
             connects: i.connects.load(Ordering::Relaxed),
         }
+    }
+
+    /// The Redis channel that carries `topic`'s broadcasts.
+    pub fn broadcast_channel(&self, topic: &str) -> String {
+        self.inner.broadcast_channel(topic).to_string()
     }
 
     /// Whether both connections to Redis are up.
@@ -364,7 +377,8 @@ impl Adapter for RedisAdapter {
         let count = *count;
         if count == 0 {
             subs.wanted.remove(&channel);
-        } else if count == 1 && !subs.confirmed.contains(&channel) {
+        } else if count == 1 {
+            // Even if confirmed: a reconcile under way may be dropping it.
             drop(subs);
             self.inner.subs_changed.notify_one();
         }
@@ -482,7 +496,9 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>, link: Li
         inner.publishing.store(true, Ordering::Relaxed);
         // Runs until the connection fails; after shutdown, until the queue
         // is drained (the tracker's goodbye among it).
-        let failed = loop {
+        let mut keepalive = tokio::time::interval(config.keepalive);
+        keepalive.reset();
+        let failed: Option<String> = loop {
             let n = if link.cancelled().is_cancelled() {
                 tokio::time::timeout(DRAIN_IDLE, rx.recv_many(&mut batch, BATCH))
                     .await
@@ -491,11 +507,22 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>, link: Li
                 tokio::select! {
                     n = rx.recv_many(&mut batch, BATCH) => n,
                     _ = link.cancelled().cancelled() => continue,
+                    // The subscription connection broke: this one most
+                    // likely too, and the next message must not be the
+                    // one to find out.
+                    _ = inner.sub_lost.notified() => break Some("the subscription connection was lost".into()),
+                    _ = keepalive.tick() => {
+                        match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                            Ok(_) => continue,
+                            Err(err) => break Some(err.to_string()),
+                        }
+                    }
                 }
             };
             if n == 0 {
                 break None;
             }
+            keepalive.reset();
             let mut pipe = redis::pipe();
             for msg in &batch {
                 pipe.cmd("PUBLISH")
@@ -511,7 +538,7 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>, link: Li
                 Err(err) => {
                     inner.dropped.fetch_add(n as u64, Ordering::Relaxed);
                     batch.clear();
-                    break Some(err);
+                    break Some(err.to_string());
                 }
             }
         };
@@ -616,6 +643,7 @@ async fn subscriber(inner: Arc<Inner>, link: Link) {
             }
         };
         inner.subscribed.store(false, Ordering::Relaxed);
+        inner.sub_lost.notify_one();
         {
             let mut subs = inner.lock_subs();
             subs.confirmed.clear();
@@ -685,12 +713,12 @@ fn receive(inner: &Inner, link: &Link, body: &[u8]) {
     match decode(body) {
         Ok(Decoded::Broadcast(msg)) if msg.1 == inner.instance => {}
         Ok(Decoded::Broadcast((msg, _))) => {
-            inner.received.fetch_add(1, Ordering::Relaxed);
+            inner.broadcasts_received.fetch_add(1, Ordering::Relaxed);
             link.deliver(&Arc::new(msg));
         }
         Ok(Decoded::Node(msg, instance)) => {
             if instance != inner.instance {
-                inner.received.fetch_add(1, Ordering::Relaxed);
+                inner.node_messages_received.fetch_add(1, Ordering::Relaxed);
                 link.deliver_node_message(msg);
             }
         }
