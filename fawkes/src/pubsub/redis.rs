@@ -60,8 +60,8 @@ pub enum Routing {
     /// Every broadcast goes to every node (one Redis channel), as Phoenix's
     /// adapter does.
     AllNodes,
-    /// Topics hash to this many shards, one Redis channel each; a node
-    /// subscribes to the shards of its local topics only.
+    /// Topics hash to this many shards (1 to 65,536), one Redis channel
+    /// each; a node subscribes to the shards of its local topics only.
     Sharded(u32),
 }
 
@@ -118,7 +118,7 @@ impl RedisConfig {
     /// Sets [`routing`](Self::routing).
     pub fn routing(mut self, routing: Routing) -> Self {
         self.routing = match routing {
-            Routing::Sharded(n) => Routing::Sharded(n.max(1)),
+            Routing::Sharded(n) => Routing::Sharded(n.clamp(1, MAX_SHARDS)),
             other => other,
         };
         self
@@ -209,6 +209,8 @@ struct Inner {
     all_channel: Arc<str>,
     direct_channel: OnceLock<Arc<str>>,
     broadcast_all: Arc<str>,
+    /// The shards' channel names, made once rather than per broadcast.
+    shard_channels: Box<[Arc<str>]>,
     published: AtomicU64,
     dropped: AtomicU64,
     broadcasts_received: AtomicU64,
@@ -230,8 +232,16 @@ impl RedisAdapter {
     /// # Errors
     ///
     /// [`RedisUrlError`] if the URL is not a Redis URL.
-    pub fn new(config: RedisConfig) -> Result<Self, RedisUrlError> {
+    pub fn new(mut config: RedisConfig) -> Result<Self, RedisUrlError> {
         let client = redis::Client::open(config.url.as_str()).map_err(RedisUrlError)?;
+        let routing = config.routing;
+        config = config.routing(routing);
+        let shard_channels = match config.routing {
+            Routing::Sharded(n) => (0..n)
+                .map(|shard| Arc::from(format!("{}:b:{shard}", config.namespace)))
+                .collect(),
+            Routing::AllNodes => Box::default(),
+        };
         let (out, out_rx) = mpsc::channel(config.queue.max(1));
         let ns = config.namespace.clone();
         Ok(RedisAdapter {
@@ -249,6 +259,7 @@ impl RedisAdapter {
                 all_channel: format!("{ns}:n").into(),
                 direct_channel: OnceLock::new(),
                 broadcast_all: format!("{ns}:b").into(),
+                shard_channels,
                 published: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 broadcasts_received: AtomicU64::new(0),
@@ -294,9 +305,9 @@ impl Inner {
     fn broadcast_channel(&self, topic: &str) -> Arc<str> {
         match self.config.routing {
             Routing::AllNodes => self.broadcast_all.clone(),
-            Routing::Sharded(shards) => {
-                let shard = stable_hash(topic) % u64::from(shards.max(1));
-                format!("{}:b:{shard}", self.config.namespace).into()
+            Routing::Sharded(_) => {
+                let shard = stable_hash(topic) % self.shard_channels.len() as u64;
+                self.shard_channels[shard as usize].clone()
             }
         }
     }
@@ -459,6 +470,9 @@ fn connection_config(config: &RedisConfig) -> AsyncConnectionConfig {
         .set_connection_timeout(Some(config.keepalive))
         .set_response_timeout(Some(config.keepalive))
 }
+
+/// Most shards of [`Routing::Sharded`].
+const MAX_SHARDS: u32 = 65_536;
 
 /// Most messages sent to Redis in one pipeline.
 const BATCH: usize = 256;
