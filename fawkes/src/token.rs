@@ -23,7 +23,9 @@
 //!   as your pages live, and check the user still exists in `connect`.
 //! * **The endpoint has one too.** LongPoll session tokens are signed with
 //!   the endpoint's secret
-//!   ([`secret_key_base`](crate::EndpointBuilder::secret_key_base)).
+//!   ([`secret_key_base`](crate::EndpointBuilder::secret_key_base)). They
+//!   name the node that holds the session, and only that node verifies
+//!   them, so LongPoll alone does not need a secret shared by the cluster.
 //! * **Every node needs the same secret.** Load it from configuration (at
 //!   least [`Token::MIN_SECRET_LEN`] random bytes); [`Token::generate`] only
 //!   suits tests and single-process demos, since its tokens die with the
@@ -279,6 +281,27 @@ impl Token {
         mac.update(payload);
         mac
     }
+}
+
+/// The data of `token` read **without** checking its signature or age:
+/// `None` if it is not shaped like one of our tokens or its data is not a
+/// `T`. Never public, and never a basis for trust.
+///
+/// It exists for LongPoll routing only: a request can land on any node of a
+/// cluster, and the node that received it reads which node holds the
+/// session from the token, to forward the request there, without sharing
+/// the secret of that node. That is safe because nothing is granted on the
+/// strength of it: a forged node name only sends the request to that node
+/// (or nowhere), and the session's own node then verifies the whole token
+/// with its own secret before it touches any session.
+pub(crate) fn unverified_data<T: DeserializeOwned>(token: &str) -> Option<T> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let (payload, _mac) = token.rsplit_once('.')?;
+    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let envelope: Envelope = serde_json::from_slice(&json).ok()?;
+    T::deserialize(envelope.d).ok()
 }
 
 /// Why [`Token::verify`] refused a token.
@@ -604,6 +627,28 @@ mod tests {
         let t2 = t.clone();
         assert_eq!(format!("{t:?}"), "Token { .. }");
         assert!(!format!("{t2:#?}").contains("super"));
+    }
+
+    #[test]
+    fn unverified_data_reads_the_payload_of_any_secret_and_never_panics() {
+        let token = Token::generate().sign(SALT, &json!({"n": "node-a", "i": "42"}));
+        assert_eq!(
+            unverified_data::<Value>(&token),
+            Some(json!({"n": "node-a", "i": "42"}))
+        );
+        // A forged MAC does not matter to it: it proves nothing.
+        let (payload, _) = token.rsplit_once('.').unwrap();
+        assert_eq!(
+            unverified_data::<Value>(&format!("{payload}.forged")),
+            Some(json!({"n": "node-a", "i": "42"}))
+        );
+        assert_eq!(unverified_data::<u64>(&token), None);
+        let huge = format!("{payload}{}.x", "A".repeat(MAX_TOKEN_LEN));
+        for input in ["", ".", "abc", "%%%.%%%", "é.é", payload, &huge] {
+            assert_eq!(unverified_data::<Value>(input), None, "{input:?}");
+        }
+        let not_ours = format!("{}.x", URL_SAFE_NO_PAD.encode(b"{\"d\":1}"));
+        assert_eq!(unverified_data::<Value>(&not_ours), None);
     }
 
     #[test]

@@ -350,7 +350,9 @@ impl EndpointBuilder {
         for (path, config) in mounts {
             if config.longpoll.is_some() {
                 let (config, env) = (config.clone(), shared.clone());
-                let sessions = Arc::new(longpoll::Sessions::default());
+                let sessions = Arc::new(longpoll::Sessions::new(&path, &shared.node_name));
+                // Requests landing on another node reach their sessions here.
+                longpoll::listen(config.clone(), &shared, sessions.clone());
                 router = router.route(
                     &format!("{path}/longpoll"),
                     any(move |req| {

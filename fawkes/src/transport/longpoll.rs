@@ -10,6 +10,13 @@
 //! ([`crate::token::Token`]), so a tampered, expired or foreign token never
 //! names a session.
 //!
+//! Clusters need no sticky sessions: the token names the node that holds
+//! the session, and a request that lands on another node is forwarded
+//! there as a node message, answered there by the same logic, and the
+//! answer sent back (see [`LongPollConfig`]). The receiving node reads the
+//! node's name from the token without verifying it; only the session's
+//! node, with its own secret, verifies it.
+//!
 //! Binary frames: the answer to a poll is JSON, so Phoenix cannot send
 //! binary over LongPoll (§6.6), and neither do we: a binary push, reply or
 //! broadcast for a LongPoll socket is dropped and logged. Channels that send
@@ -18,6 +25,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,14 +35,16 @@ use base64::Engine;
 use bytes::Bytes;
 use fawkes_protocol::{Frame, Message};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{TransportError, negotiate};
 use crate::endpoint::{Shared, SocketConfig};
+use crate::pubsub::NodeMessage;
 use crate::socket::{CloseReason, Conn, ConnectInfo, Params, SocketShared, Transport};
+use crate::token;
 
 /// Limits and timings of LongPoll sessions; enable the transport with
 /// [`SocketBuilder::longpoll`](crate::SocketBuilder::longpoll).
@@ -53,6 +63,23 @@ use crate::socket::{CloseReason, Conn, ConnectInfo, Params, SocketShared, Transp
 /// expired or foreign token names no session (a `GET` opens a new one, a
 /// `POST` gets `410`). The token may come as the `token` query parameter
 /// (phoenix.js ≤ 1.8) or the `X-Phoenix-Longpoll-Token` header (which wins).
+///
+/// **In a cluster** (an [adapter](crate::EndpointBuilder::adapter) links the
+/// nodes) a load balancer may send each request to any node: no sticky
+/// sessions. A token names the node that holds its session; a node that
+/// receives a request for another node's session forwards it there over
+/// the adapter, and answers the client with what the session's node
+/// answered, the same JSON it would have given directly. Nodes need not
+/// share a secret for this: the receiving node only reads the node's name
+/// from the token, to route it, and the session's node verifies the token
+/// with its own secret. When the session's node refuses the token, has no
+/// such session, or does not answer within the window plus 2 s (stopped,
+/// or Redis unreachable), a `GET` opens a new session on the receiving
+/// node and a `POST` gets `410`, as for an unknown token on one node
+/// (phoenix.js then reconnects and rejoins its channels). A forwarded
+/// `POST` is answered `408` once its messages took the window in all.
+/// Frames carried by a forwarded poll whose answer is lost on the way back
+/// are lost: delivery between nodes is at most once.
 ///
 /// A session's frames wait in the socket's outbox between polls, bounded by
 /// [`SocketBuilder::outbox_limits`](crate::SocketBuilder::outbox_limits): a
@@ -90,6 +117,13 @@ pub struct LongPollConfig {
     /// and outlives an abandoning client by up to 3 windows, so this bounds
     /// what a flood of session opens can take. Default 100,000.
     pub max_sessions: usize,
+    /// In a cluster, at most this many requests per socket wait for
+    /// another node's answer at once, and at most as many of other nodes'
+    /// requests are served at once; beyond, the client gets HTTP 503
+    /// (phoenix.js retries). A request waits at most the window plus 2 s,
+    /// so this bounds what requests with forged or stale tokens, which name
+    /// absent nodes, can hold. Default 10,000.
+    pub max_forwarded: usize,
 }
 
 impl Default for LongPollConfig {
@@ -99,6 +133,7 @@ impl Default for LongPollConfig {
             max_body_size: 8_000_000,
             token_max_age: Duration::from_secs(14 * 24 * 3600),
             max_sessions: 100_000,
+            max_forwarded: 10_000,
         }
     }
 }
@@ -119,6 +154,12 @@ impl LongPollConfig {
     /// Sets [`max_sessions`](Self::max_sessions).
     pub fn max_sessions(mut self, max: usize) -> Self {
         self.max_sessions = max;
+        self
+    }
+
+    /// Sets [`max_forwarded`](Self::max_forwarded).
+    pub fn max_forwarded(mut self, max: usize) -> Self {
+        self.max_forwarded = max;
         self
     }
 
@@ -150,28 +191,424 @@ struct SessionHandle {
     shared: Arc<SocketShared>,
 }
 
-/// The live sessions of one mounted socket, by session id.
-#[derive(Default)]
+/// What a session token carries: the node holding the session, and the
+/// session's id there.
+#[derive(Serialize, Deserialize)]
+struct SessionRef {
+    n: String,
+    i: String,
+}
+
+/// A found session: its token, inbox and socket.
+type Found = (Arc<str>, mpsc::Sender<SessionMsg>, Arc<SocketShared>);
+
+/// The live sessions of one mounted socket, by session id, and its
+/// requests forwarded to and from other nodes.
 pub(crate) struct Sessions {
     map: Mutex<HashMap<Box<str>, SessionHandle>>,
+    /// This node's name, which its tokens carry.
+    node: Arc<str>,
+    /// The node-message service of this socket's forwarded requests.
+    service: Arc<str>,
+    /// Request ids start at a random value, so that an answer meant for a
+    /// previous run of a node of the same name matches nothing.
+    next_id: AtomicU64,
+    /// Requests forwarded to other nodes, waiting for their answers.
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Other nodes' requests being served here.
+    serving: AtomicUsize,
+    /// Malformed node messages, counted to log them sparsely.
+    malformed: AtomicU64,
+}
+
+/// A forwarded request's waiter.
+struct Pending {
+    /// The node asked: answers from any other are not for this request.
+    node: Arc<str>,
+    answer: oneshot::Sender<Outcome>,
 }
 
 impl Sessions {
+    /// The sessions of the socket mounted at `path`, on the node `node`.
+    pub(crate) fn new(path: &str, node: &str) -> Sessions {
+        Sessions {
+            map: Mutex::default(),
+            node: node.into(),
+            service: format!("longpoll:{path}").into(),
+            next_id: AtomicU64::new(crate::presence::random_u64()),
+            pending: Mutex::default(),
+            serving: AtomicUsize::new(0),
+            malformed: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, SessionHandle>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, id: &str) -> Option<(Arc<str>, mpsc::Sender<SessionMsg>, Arc<SocketShared>)> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Option<Found> {
         self.lock()
             .get(id)
             .map(|s| (s.token.clone(), s.inbox.clone(), s.shared.clone()))
+    }
+
+    /// The session `token` names on this node, once verified.
+    fn verify(&self, env: &Shared, lp: &LongPollConfig, token: &str) -> Option<Found> {
+        let session = env
+            .token
+            .verify::<SessionRef>(TOKEN_SALT, token, lp.token_max_age)
+            .ok()?;
+        // With a secret shared by the cluster, another node's token verifies
+        // here too; its session is not here.
+        (*session.n == *self.node)
+            .then(|| self.get(&session.i))
+            .flatten()
+    }
+
+    /// The other node that `token` says holds its session, unverified (see
+    /// [`token::unverified_data`]): only for routing.
+    fn elsewhere(&self, token: &str) -> Option<Arc<str>> {
+        token::unverified_data::<SessionRef>(token)
+            .filter(|session| *session.n != *self.node)
+            .map(|session| session.n.into())
+    }
+
+    /// Forwards a request to `node` and waits for its answer; `None` if
+    /// none came within the window plus [`FORWARD_MARGIN`], or the endpoint
+    /// shuts down meanwhile.
+    async fn ask(
+        &self,
+        env: &Shared,
+        lp: &LongPollConfig,
+        node: Arc<str>,
+        request: ForwardedRequest,
+        body: Bytes,
+    ) -> Option<Outcome> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.lock_pending();
+            if pending.len() >= lp.max_forwarded {
+                drop(pending);
+                tracing::warn!(target: "fawkes::transport", max = lp.max_forwarded, "too many longpoll requests waiting for other nodes, refusing");
+                return Some(Outcome::Busy);
+            }
+            pending.insert(
+                id,
+                Pending {
+                    node: node.clone(),
+                    answer: tx,
+                },
+            );
+        }
+        // Removes the waiter however this ends: answer, timeout, shutdown,
+        // or the client hanging up (the future dropped).
+        let _waiting = Waiting { sessions: self, id };
+        let head = Head::Request {
+            id,
+            reply_to: self.node.to_string(),
+            method: request.method,
+            token: request.token,
+            ndjson: request.ndjson,
+        };
+        env.pubsub
+            .send_node_message(Some(&node), &self.service, encode(&head, &body));
+        tokio::select! {
+            answer = tokio::time::timeout(lp.window + FORWARD_MARGIN, rx) => {
+                let answer = answer.ok().and_then(Result::ok);
+                if answer.is_none() {
+                    tracing::info!(target: "fawkes::transport", %node, "no answer from the longpoll session's node");
+                }
+                answer
+            }
+            _ = env.root.cancelled() => None,
+        }
+    }
+
+    /// Hands another node's answer to its waiter; answers for unknown ids,
+    /// or from a node that was not asked, are dropped.
+    fn answered(&self, id: u64, from: &str, outcome: Outcome) {
+        let mut pending = self.lock_pending();
+        match pending.remove(&id) {
+            Some(waiter) if *waiter.node == *from => {
+                drop(pending);
+                let _ = waiter.answer.send(outcome);
+            }
+            Some(waiter) => {
+                pending.insert(id, waiter);
+                drop(pending);
+                tracing::debug!(target: "fawkes::transport", id, from, "longpoll answer from a node not asked, dropped");
+            }
+            None => {
+                drop(pending);
+                tracing::debug!(target: "fawkes::transport", id, from, "longpoll answer for no waiting request, dropped");
+            }
+        }
+    }
+
+    fn malformed(&self, from: &str, why: &str) {
+        let malformed = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        // Logged at powers of two, so that a flood does not flood the log.
+        if malformed.is_power_of_two() {
+            tracing::warn!(target: "fawkes::transport", from, why, malformed, "malformed longpoll node message, dropped");
+        }
+    }
+}
+
+/// Removes a forwarded request's waiter when dropped.
+struct Waiting<'a> {
+    sessions: &'a Sessions,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.sessions.lock_pending().remove(&self.id);
+    }
+}
+
+/// Counts another node's request as served until dropped.
+struct Serving(Arc<Sessions>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a forwarded request waits beyond the window for its answer:
+/// the way there and back through the adapter.
+const FORWARD_MARGIN: Duration = Duration::from_secs(2);
+
+/// What the LongPoll logic answers, the same whether the request came to
+/// this node or was forwarded by another.
+#[derive(Debug)]
+enum Outcome {
+    /// HTTP 200 with this JSON body.
+    Answer(Bytes),
+    /// No such session, or a token that does not verify.
+    Gone,
+    /// HTTP 400: a malformed posted message.
+    BadRequest,
+    /// HTTP 503: too many forwarded requests.
+    Busy,
+    /// HTTP 500.
+    Internal,
+}
+
+impl Outcome {
+    fn status(status: u16) -> Outcome {
+        Outcome::Answer(format!("{{\"status\":{status}}}").into())
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Outcome::Answer(_) => Kind::Answer,
+            Outcome::Gone => Kind::Gone,
+            Outcome::BadRequest => Kind::BadRequest,
+            Outcome::Busy => Kind::Busy,
+            Outcome::Internal => Kind::Internal,
+        }
+    }
+
+    fn from_wire(kind: Kind, body: Bytes) -> Outcome {
+        match kind {
+            Kind::Answer => Outcome::Answer(body),
+            Kind::Gone => Outcome::Gone,
+            Kind::BadRequest => Outcome::BadRequest,
+            Kind::Busy => Outcome::Busy,
+            Kind::Internal => Outcome::Internal,
+        }
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Answer(body) => json_answer(body),
+            Outcome::Gone => status_answer(410),
+            Outcome::BadRequest => bad_request_response(),
+            Outcome::Busy => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+}
+
+/// How a forwarded request travels: this JSON head, a `\n`, then the body
+/// (the posted bytes, or the answer's JSON). JSON never holds a raw `\n`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+enum Head {
+    /// A request for a session of the receiving node.
+    Request {
+        id: u64,
+        reply_to: String,
+        method: ForwardedMethod,
+        token: String,
+        ndjson: bool,
+    },
+    /// The answer to request `id`.
+    Answer { id: u64, outcome: Kind },
+}
+
+/// The method of a forwarded request (`OPTIONS` is answered where it lands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ForwardedMethod {
+    Get,
+    Post,
+}
+
+/// An [`Outcome`] on the wire; only `Answer` has a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Answer,
+    Gone,
+    BadRequest,
+    Busy,
+    Internal,
+}
+
+/// What a node forwards of a request, beside its body.
+struct ForwardedRequest {
+    method: ForwardedMethod,
+    token: String,
+    ndjson: bool,
+}
+
+fn encode(head: &Head, body: &[u8]) -> Bytes {
+    let mut out = serde_json::to_vec(head).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out.into()
+}
+
+fn decode_forwarded(msg: &Bytes) -> Result<(Head, Bytes), &'static str> {
+    let split = msg.iter().position(|b| *b == b'\n').ok_or("no head")?;
+    let head = serde_json::from_slice(&msg[..split]).map_err(|_| "malformed head")?;
+    Ok((head, msg.slice(split + 1..)))
+}
+
+/// Listens for the requests other nodes forward to this socket's sessions,
+/// and for the answers to those this node forwarded. Nothing unclustered.
+pub(crate) fn listen(config: Arc<SocketConfig>, env: &Arc<Shared>, sessions: Arc<Sessions>) {
+    if !env.pubsub.is_clustered() {
+        return;
+    }
+    // Weak: the pubsub holds this handler, and the endpoint the pubsub.
+    let weak = Arc::downgrade(env);
+    let service = sessions.service.clone();
+    env.pubsub.on_node_message(
+        &service,
+        Arc::new(move |msg: NodeMessage| {
+            if let Some(env) = weak.upgrade() {
+                receive(&config, &env, &sessions, msg);
+            }
+        }),
+    );
+}
+
+/// Handles one node message; runs on the adapter's receive task, so it
+/// only spawns what waits.
+fn receive(
+    config: &Arc<SocketConfig>,
+    env: &Arc<Shared>,
+    sessions: &Arc<Sessions>,
+    msg: NodeMessage,
+) {
+    let Some(lp) = config.longpoll.clone() else {
+        return;
+    };
+    let (head, body) = match decode_forwarded(&msg.body) {
+        Ok(decoded) => decoded,
+        Err(why) => return sessions.malformed(&msg.from, why),
+    };
+    let (id, reply_to, request) = match head {
+        Head::Answer { id, outcome } => {
+            return sessions.answered(id, &msg.from, Outcome::from_wire(outcome, body));
+        }
+        Head::Request {
+            id,
+            reply_to,
+            method,
+            token,
+            ndjson,
+        } => (
+            id,
+            reply_to,
+            ForwardedRequest {
+                method,
+                token,
+                ndjson,
+            },
+        ),
+    };
+    let reply = {
+        let (env, service) = (env.clone(), sessions.service.clone());
+        move |outcome: Outcome| {
+            let head = Head::Answer {
+                id,
+                outcome: outcome.kind(),
+            };
+            let body = match &outcome {
+                Outcome::Answer(body) => body.clone(),
+                _ => Bytes::new(),
+            };
+            env.pubsub
+                .send_node_message(Some(&reply_to), &service, encode(&head, &body));
+        }
+    };
+    // A node shutting down keeps no session for long: the sender opens one.
+    if env.root.is_cancelled() {
+        return reply(Outcome::Gone);
+    }
+    if sessions.serving.fetch_add(1, Ordering::Relaxed) >= lp.max_forwarded {
+        sessions.serving.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(target: "fawkes::transport", max = lp.max_forwarded, from = &*msg.from, "too many longpoll requests from other nodes, refusing");
+        return reply(Outcome::Busy);
+    }
+    let serving = Serving(sessions.clone());
+    let task_env = env.clone();
+    env.tracker.spawn(async move {
+        let outcome = Box::pin(serve_forwarded(&lp, &task_env, &serving.0, request, body)).await;
+        drop(serving);
+        reply(outcome);
+    });
+}
+
+/// Serves a request another node forwarded, as if it had come here.
+async fn serve_forwarded(
+    lp: &LongPollConfig,
+    env: &Shared,
+    sessions: &Sessions,
+    request: ForwardedRequest,
+    body: Bytes,
+) -> Outcome {
+    let Some((token, inbox, shared)) = sessions.verify(env, lp, &request.token) else {
+        return Outcome::Gone;
+    };
+    match request.method {
+        ForwardedMethod::Get => poll(lp, &token, inbox).await,
+        // The sending node bounded it already; a message is not to be trusted.
+        ForwardedMethod::Post if body.len() > lp.max_body_size => Outcome::BadRequest,
+        ForwardedMethod::Post => {
+            // All lines within the window, so that the answer is back
+            // before the sending node stops waiting.
+            let deadline = Instant::now() + lp.window;
+            post(lp, inbox, &shared, request.ndjson, body, Some(deadline)).await
+        }
     }
 }
 
 /// Every answer of the LongPoll logic: HTTP 200 and the real status in the
 /// JSON body (PROTOCOL §6.1).
-fn json_answer(body: String) -> Response {
-    let mut response = Response::new(Body::from(body));
+fn json_answer(body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -186,7 +623,7 @@ fn json_answer(body: String) -> Response {
 }
 
 fn status_answer(status: u16) -> Response {
-    json_answer(format!("{{\"status\":{status}}}"))
+    Outcome::status(status).into_response()
 }
 
 #[derive(Serialize)]
@@ -196,7 +633,7 @@ struct PollAnswer<'a> {
     messages: Vec<Cow<'a, str>>,
 }
 
-fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Response {
+fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Outcome {
     // Our serializers only produce UTF-8 text frames.
     let messages = frames
         .iter()
@@ -213,9 +650,9 @@ fn poll_answer(status: u16, token: &str, frames: &VecDeque<Frame>) -> Response {
         token,
         messages,
     };
-    match serde_json::to_string(&body) {
-        Ok(body) => json_answer(body),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    match serde_json::to_vec(&body) {
+        Ok(body) => Outcome::Answer(body.into()),
+        Err(_) => Outcome::Internal,
     }
 }
 
@@ -234,6 +671,10 @@ fn take_text_frames(shared: &SocketShared) -> VecDeque<Frame> {
 /// A request that is not LongPoll at all: HTTP 400, empty body.
 fn bad_request(why: &str) -> Response {
     tracing::info!(target: "fawkes::transport", why, "bad longpoll request");
+    bad_request_response()
+}
+
+fn bad_request_response() -> Response {
     let mut response = StatusCode::BAD_REQUEST.into_response();
     response.headers_mut().insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -245,14 +686,23 @@ fn bad_request(why: &str) -> Response {
 /// The session token of a request: the `X-Phoenix-Longpoll-Token` header,
 /// else the last `token` query parameter (a user's own `token` param comes
 /// first in phoenix.js's URLs).
-fn presented_token<'a>(headers: &'a HeaderMap, query: &str) -> Option<std::borrow::Cow<'a, str>> {
+fn presented_token<'a>(headers: &'a HeaderMap, query: &str) -> Option<Cow<'a, str>> {
     if let Some(value) = headers.get("x-phoenix-longpoll-token") {
-        return value.to_str().ok().map(std::borrow::Cow::Borrowed);
+        return value.to_str().ok().map(Cow::Borrowed);
     }
     form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| k == "token")
         .last()
-        .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned()))
+        .map(|(_, v)| Cow::Owned(v.into_owned()))
+}
+
+/// Whether a `POST` carries ndjson lines (else one message).
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"))
 }
 
 /// Handles a request on `<path>/longpoll`.
@@ -277,18 +727,40 @@ pub(crate) async fn handle(
     if method == Method::OPTIONS {
         return preflight(req.headers());
     }
-    let session = presented_token(req.headers(), req.uri().query().unwrap_or(""))
-        .and_then(|token| {
-            env.token
-                .verify::<String>(TOKEN_SALT, &token, lp.token_max_age)
-                .ok()
-        })
-        .and_then(|id| sessions.get(&id));
+    let token =
+        presented_token(req.headers(), req.uri().query().unwrap_or("")).map(Cow::into_owned);
+    if let Some(token) = &token
+        && env.pubsub.is_clustered()
+        && let Some(node) = sessions.elsewhere(token)
+    {
+        return Box::pin(forward(
+            config,
+            env,
+            sessions,
+            &lp,
+            node,
+            token.clone(),
+            req,
+        ))
+        .await;
+    }
+    let session = token.and_then(|token| sessions.verify(&env, &lp, &token));
     // Posts and opens are boxed: an idle client's pending poll is what
     // stays in memory, and it should not reserve their larger state.
     if method == Method::POST {
         return match session {
-            Some((_, inbox, shared)) => Box::pin(post(&lp, inbox, shared, req)).await,
+            Some((_, inbox, shared)) => {
+                Box::pin(async move {
+                    let ndjson = is_ndjson(req.headers());
+                    match axum::body::to_bytes(req.into_body(), lp.max_body_size).await {
+                        Ok(body) => post(&lp, inbox, &shared, ndjson, body, None)
+                            .await
+                            .into_response(),
+                        Err(_) => bad_request("body unreadable or too large"),
+                    }
+                })
+                .await
+            }
             None => status_answer(410),
         };
     }
@@ -296,9 +768,59 @@ pub(crate) async fn handle(
         Some((token, inbox, _)) => {
             // A poll waits up to the window: hold nothing of the request.
             drop(req);
-            poll(&lp, &token, inbox).await
+            poll(&lp, &token, inbox).await.into_response()
         }
         None => Box::pin(open(config, env, sessions, &lp, req)).await,
+    }
+}
+
+/// Forwards a request for a session of `node` there, and answers with what
+/// that node answered; when it does not (no such session, refused token,
+/// no answer), as for an unknown token here: a `GET` opens a session, a
+/// `POST` gets `410`.
+async fn forward(
+    config: Arc<SocketConfig>,
+    env: Arc<Shared>,
+    sessions: Arc<Sessions>,
+    lp: &LongPollConfig,
+    node: Arc<str>,
+    token: String,
+    req: Request<Body>,
+) -> Response {
+    let get = req.method() == Method::GET;
+    let (parts, body) = req.into_parts();
+    let (request, body) = if get {
+        let request = ForwardedRequest {
+            method: ForwardedMethod::Get,
+            token,
+            ndjson: false,
+        };
+        (request, Bytes::new())
+    } else {
+        let body = match axum::body::to_bytes(body, lp.max_body_size).await {
+            Ok(body) => body,
+            Err(_) => return bad_request("body unreadable or too large"),
+        };
+        let request = ForwardedRequest {
+            method: ForwardedMethod::Post,
+            token,
+            ndjson: is_ndjson(&parts.headers),
+        };
+        (request, body)
+    };
+    match sessions.ask(&env, lp, node, request, body).await {
+        Some(Outcome::Gone) | None if get => {
+            open(
+                config,
+                env,
+                sessions,
+                lp,
+                Request::from_parts(parts, Body::empty()),
+            )
+            .await
+        }
+        Some(Outcome::Gone) | None => status_answer(410),
+        Some(outcome) => outcome.into_response(),
     }
 }
 
@@ -391,7 +913,12 @@ async fn open(
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
-    let token: Arc<str> = env.token.sign(TOKEN_SALT, &id).into();
+    let session_ref = SessionRef {
+        n: sessions.node.to_string(),
+        i: id,
+    };
+    let token: Arc<str> = env.token.sign(TOKEN_SALT, &session_ref).into();
+    let id = session_ref.i;
     let socket_id = config.handler.id(&assigns).map(Arc::<str>::from);
     let shared = Arc::new(SocketShared::new(
         serializer,
@@ -426,11 +953,11 @@ async fn open(
         inactivity: lp.window.mul_f64(1.5),
     };
     env.tracker.spawn(session.run().instrument(span));
-    poll_answer(410, &token, &VecDeque::new())
+    poll_answer(410, &token, &VecDeque::new()).into_response()
 }
 
 /// Waits for frames (PROTOCOL §6.4).
-async fn poll(lp: &LongPollConfig, token: &str, inbox: mpsc::Sender<SessionMsg>) -> Response {
+async fn poll(lp: &LongPollConfig, token: &str, inbox: mpsc::Sender<SessionMsg>) -> Outcome {
     let deadline = Instant::now() + lp.window;
     let (tx, rx) = oneshot::channel();
     let sent = tokio::time::timeout_at(deadline, inbox.send(SessionMsg::Poll(tx))).await;
@@ -447,40 +974,37 @@ async fn poll(lp: &LongPollConfig, token: &str, inbox: mpsc::Sender<SessionMsg>)
     poll_answer(204, token, &VecDeque::new())
 }
 
-/// Hands the posted messages to the session, one at a time (PROTOCOL §6.5).
+/// Hands the posted messages to the session, one at a time (PROTOCOL
+/// §6.5); each within the window, and all by `deadline` if there is one.
 async fn post(
     lp: &LongPollConfig,
     inbox: mpsc::Sender<SessionMsg>,
-    shared: Arc<SocketShared>,
-    req: Request<Body>,
-) -> Response {
-    let ndjson = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"));
-    let body = match axum::body::to_bytes(req.into_body(), lp.max_body_size).await {
-        Ok(body) => body,
-        Err(_) => return bad_request("body unreadable or too large"),
-    };
+    shared: &SocketShared,
+    ndjson: bool,
+    body: Bytes,
+    deadline: Option<Instant>,
+) -> Outcome {
     let lines: Vec<Bytes> = if ndjson {
         split_lines(&body)
     } else {
         vec![body]
     };
     for line in lines {
-        let msg = match decode(&shared, line, ndjson) {
+        let msg = match decode(shared, line, ndjson) {
             Ok(msg) => msg,
             Err(why) => {
                 // Like a malformed WebSocket frame: the connection ends.
                 tracing::warn!(target: "fawkes::transport", socket_id = shared.id.as_deref(), why, "malformed longpoll message, closing session");
                 shared.close(CloseReason::BadFrame);
-                return bad_request(why);
+                return Outcome::BadRequest;
             }
         };
+        let mut line_deadline = Instant::now() + lp.window;
+        if let Some(deadline) = deadline {
+            line_deadline = line_deadline.min(deadline);
+        }
         let (ack, acked) = oneshot::channel();
-        let handled = tokio::time::timeout(lp.window, async {
+        let handled = tokio::time::timeout_at(line_deadline, async {
             inbox
                 .send(SessionMsg::Dispatch(Box::new(msg), ack))
                 .await
@@ -490,11 +1014,11 @@ async fn post(
         .await;
         match handled {
             Ok(Some(())) => {}
-            Ok(None) => return status_answer(410),
-            Err(_) => return status_answer(408),
+            Ok(None) => return Outcome::status(410),
+            Err(_) => return Outcome::status(408),
         }
     }
-    status_answer(200)
+    Outcome::status(200)
 }
 
 /// The ndjson lines of a body: `\n` or `\r\n` separated, empty lines
@@ -602,5 +1126,102 @@ impl Session {
             let _ = waiting.send(take_text_frames(&shared));
         }
         drop(self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_messages_round_trip_with_any_body() {
+        let head = Head::Request {
+            id: u64::MAX,
+            reply_to: "node-b".into(),
+            method: ForwardedMethod::Post,
+            token: "abc.def".into(),
+            ndjson: true,
+        };
+        let body = b"[\"1\"]\n\xff\r\nline";
+        let (decoded, rest) = decode_forwarded(&encode(&head, body)).unwrap();
+        assert!(matches!(
+            decoded,
+            Head::Request { id: u64::MAX, ref reply_to, method: ForwardedMethod::Post, ref token, ndjson: true }
+                if reply_to == "node-b" && token == "abc.def"
+        ));
+        assert_eq!(&rest[..], body);
+
+        let head = Head::Answer {
+            id: 7,
+            outcome: Kind::Gone,
+        };
+        let (decoded, rest) = decode_forwarded(&encode(&head, b"")).unwrap();
+        assert!(matches!(
+            decoded,
+            Head::Answer {
+                id: 7,
+                outcome: Kind::Gone
+            }
+        ));
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn malformed_forwarded_messages_are_errors() {
+        let inputs: [&[u8]; 8] = [
+            b"",
+            b"no newline",
+            b"\n",
+            b"{}\n",
+            b"\xff\n",
+            b"{\"k\":\"answer\",\"id\":-1,\"outcome\":\"gone\"}\n",
+            b"{\"k\":\"answer\",\"id\":1,\"outcome\":\"teapot\"}\n",
+            b"{\"k\":\"request\",\"id\":1,\"reply_to\":\"b\",\"method\":\"put\",\"token\":\"t\",\"ndjson\":true}\n",
+        ];
+        for input in inputs {
+            assert!(
+                decode_forwarded(&Bytes::from_static(input)).is_err(),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_reach_only_their_waiter_from_the_node_asked() {
+        let sessions = Sessions::new("/socket", "a");
+        let (tx, mut rx) = oneshot::channel();
+        sessions.lock_pending().insert(
+            1,
+            Pending {
+                node: "b".into(),
+                answer: tx,
+            },
+        );
+        sessions.answered(2, "b", Outcome::Gone);
+        sessions.answered(1, "c", Outcome::Gone);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(sessions.lock_pending().len(), 1);
+        sessions.answered(1, "b", Outcome::status(200));
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Answer(body)) if body == "{\"status\":200}"));
+        assert!(sessions.lock_pending().is_empty());
+    }
+
+    #[test]
+    fn tokens_route_by_their_node_unverified() {
+        let sessions = Sessions::new("/socket", "a");
+        let signer = crate::token::Token::generate();
+        let of = |n: &str| {
+            signer.sign(
+                TOKEN_SALT,
+                &SessionRef {
+                    n: n.into(),
+                    i: "1".into(),
+                },
+            )
+        };
+        assert_eq!(sessions.elsewhere(&of("b")).as_deref(), Some("b"));
+        assert_eq!(sessions.elsewhere(&of("a")), None);
+        assert_eq!(sessions.elsewhere("garbage"), None);
+        assert_eq!(sessions.service.as_ref(), "longpoll:/socket");
     }
 }
