@@ -235,8 +235,9 @@ pub struct EndpointBuilder {
 impl EndpointBuilder {
     /// The secret that signs the endpoint's tokens (LongPoll sessions), like
     /// Phoenix's `secret_key_base`: at least 32 bytes, kept out of the
-    /// source (read it from the environment). Nodes of one cluster need the
-    /// same secret. Default: a random secret per process.
+    /// source (read it from the environment). LongPoll sessions live on one
+    /// node, which alone verifies their tokens, so nodes of a cluster need
+    /// not share it. Default: a random secret per process.
     ///
     /// # Panics
     ///
