@@ -334,6 +334,7 @@ impl EndpointBuilder {
             self.presence,
             tracker.clone(),
             root.clone(),
+            &node_name,
         ));
         let shared = Arc::new(Shared {
             pubsub,

@@ -63,12 +63,52 @@
 //! as one diff per topic: far fewer frames, and joiners within a window
 //! share one encoded list. `docs/BENCHMARKS.md` has the figures.
 //!
-//! **Nodes.** Each node keeps its replica of the tracker's [`state`] and
-//! sends diffs to its own subscribers only; replication between nodes
-//! arrives with the cluster adapter.
+//! **Nodes.** Each node keeps its replica of the tracker's [`state`] (one
+//! per shard, named by the node and a random id per start) and sends diffs
+//! to its own subscribers only, so every subscriber in the cluster sees
+//! each change once. With a cluster adapter
+//! ([`EndpointBuilder::adapter`](crate::EndpointBuilder::adapter)) the
+//! replicas gossip over node messages (PROTOCOL §8) every
+//! [`broadcast_period`](PresenceConfig::broadcast_period) (1.5 s):
+//!
+//! - a heartbeat to every node, with the changes since the last one, or
+//!   with nothing after ten silent ticks (fewer when `down_period` is under
+//!   twenty periods, so that an idle node is heard from about twice per
+//!   `down_period`);
+//! - every second tick, a request for the full state to each peer whose
+//!   clock shows it knows more; and such a request at once to a node heard
+//!   of for the first time, or found to know more, or not to know this
+//!   node. The answer is always the full state of the replicas the
+//!   requester knows, without its own entries: no history of deltas is
+//!   kept.
+//!
+//! What the other nodes observe:
+//!
+//! - a track, update or untrack reaches them within about one period;
+//! - a node that starts has everyone's entries, and they its, within about
+//!   one period once its link is up;
+//! - a node that shuts down in order
+//!   ([`Endpoint::shutdown`](crate::Endpoint::shutdown)) says goodbye: its
+//!   entries leave at once;
+//! - a node that dies or is cut off is counted down once silent for
+//!   [`down_period`](PresenceConfig::down_period) (30 s, checked every
+//!   tick, so between about 14 s and 31.5 s after a crash): its entries
+//!   leave, and join again with the same `phx_ref`s if it is heard from
+//!   again; after [`permdown_period`](PresenceConfig::permdown_period)
+//!   (20 min) they are purged;
+//! - a node restarted under the same name is a new replica: the old one's
+//!   entries leave when the new one is first heard.
+//!
+//! Messages from other nodes are untrusted: a malformed one is logged and
+//! dropped. A state transfer is one message holding a whole shard: with
+//! Redis, keep it well under the server's pub/sub output buffer limit
+//! (32 MB by default), with more shards
+//! ([`pool_size`](PresenceConfig::pool_size)) if need be.
 
+mod replication;
 pub mod state;
 mod tracker;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -128,8 +168,22 @@ pub struct PresenceConfig {
     /// cannot make every joiner's list huge. Default 16 KiB.
     pub max_meta_size: usize,
     /// Independent shards of the tracker, by topic (Phoenix's `pool_size`).
-    /// Changes on one shard wait for each other. Default 1.
+    /// Changes on one shard wait for each other. Every node of a cluster
+    /// needs the same value. Default 1.
     pub pool_size: usize,
+    /// How often each shard gossips with the other nodes (PROTOCOL §8.3):
+    /// its changes since the last tick, and an anti-entropy round every
+    /// second tick. Other nodes see a change within about one period.
+    /// Default 1.5 s.
+    pub broadcast_period: Duration,
+    /// A node not heard from for longer is counted down: its entries leave
+    /// (a diff to local subscribers) but are kept, and come back if it is
+    /// heard again. Default 30 s: with the default period, an idle node
+    /// is heard from every 16.5 s.
+    pub down_period: Duration,
+    /// A node not heard from for longer is forgotten, its entries purged
+    /// (never before `down_period`). Default 20 min.
+    pub permdown_period: Duration,
 }
 
 impl Default for PresenceConfig {
@@ -138,6 +192,9 @@ impl Default for PresenceConfig {
             diff_batch_window: None,
             max_meta_size: 16 * 1024,
             pool_size: 1,
+            broadcast_period: Duration::from_millis(1500),
+            down_period: Duration::from_secs(30),
+            permdown_period: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -158,6 +215,25 @@ impl PresenceConfig {
     /// Sets [`pool_size`](Self::pool_size) (at least 1).
     pub fn pool_size(mut self, shards: usize) -> Self {
         self.pool_size = shards.max(1);
+        self
+    }
+
+    /// Sets [`broadcast_period`](Self::broadcast_period) (at least 1 ms).
+    pub fn broadcast_period(mut self, period: Duration) -> Self {
+        self.broadcast_period = period.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets [`down_period`](Self::down_period).
+    pub fn down_period(mut self, period: Duration) -> Self {
+        self.down_period = period;
+        self
+    }
+
+    /// Sets [`permdown_period`](Self::permdown_period) (a node is down
+    /// before it is forgotten: never shorter than `down_period`).
+    pub fn permdown_period(mut self, period: Duration) -> Self {
+        self.permdown_period = period;
         self
     }
 }

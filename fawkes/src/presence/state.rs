@@ -124,6 +124,19 @@ impl Causal {
             .flat_map(|(&replica, cloud)| cloud.iter().map(move |&clock| Dot { replica, clock }))
     }
 
+    /// The clock of every replica with one, in replica order.
+    pub fn clocks(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
+        self.context.iter().map(|(&r, &c)| (r, c))
+    }
+
+    /// Records every event of `replica` up to `clock` as seen.
+    pub fn insert_up_to(&mut self, replica: ReplicaId, clock: u64) {
+        if clock > self.clock(replica) {
+            self.context.insert(replica, clock);
+            self.fold(replica);
+        }
+    }
+
     /// Whether nothing has been seen.
     pub fn is_empty(&self) -> bool {
         self.context.values().all(|&c| c == 0) && self.clouds.is_empty()
@@ -341,6 +354,11 @@ impl<M: Clone> State<M> {
     /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    /// Every known replica, this one included, with its status.
+    pub fn replicas(&self) -> impl Iterator<Item = (ReplicaId, ReplicaStatus)> + '_ {
+        self.replicas.iter().map(|(&r, &s)| (r, s))
     }
 
     /// A replica's status; `None` if it is not known.

@@ -1,6 +1,7 @@
 //! The node's tracker: shards of [`State`] behind locks, metas as JSON with
 //! their `phx_ref`, and the `presence_diff` of every change broadcast to the
-//! topic's local subscribers, at once or merged over a batch window.
+//! topic's local subscribers, at once or merged over a batch window, whether
+//! the change was made here or merged from another node (`replication`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::replication::Gossip;
 use super::state::{Conflict, Diff, Dot, Entry, Metas, OwnerId, ReplicaId, State};
 use super::{PresenceConfig, PresenceError, PresenceMap, PresenceMetas};
 use crate::pubsub::{PubSub, stable_hash};
@@ -33,8 +35,10 @@ const SNAPSHOT_MIN_BYTES: usize = 4096;
 /// The presence event names (PROTOCOL §7.2).
 pub(crate) const PRESENCE_DIFF: &str = "presence_diff";
 
-struct Shard {
-    state: State<Meta>,
+pub(super) struct Shard {
+    pub(super) state: State<Meta>,
+    /// Replication with the other nodes' replicas, when clustered.
+    pub(super) gossip: Option<Gossip>,
     /// Diffs waiting for the batch window, by topic.
     pending: HashMap<Arc<str>, Batch>,
     /// Encoded lists of large topics, dropped when the topic's next diff
@@ -66,15 +70,17 @@ impl Batch {
 }
 
 pub(crate) struct Tracker {
-    shards: Box<[Mutex<Shard>]>,
-    pubsub: PubSub,
-    config: PresenceConfig,
+    pub(super) shards: Box<[Mutex<Shard>]>,
+    pub(super) pubsub: PubSub,
+    pub(super) config: PresenceConfig,
+    /// This node's name: messages claiming it come from a misconfigured peer.
+    pub(super) node: Arc<str>,
     next_owner: AtomicU64,
     /// Wakes the flush task when a batch starts.
     batch_started: Arc<Notify>,
     flusher: OnceLock<()>,
-    tasks: TaskTracker,
-    cancel: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    pub(super) cancel: CancellationToken,
     me: Weak<Tracker>,
 }
 
@@ -120,32 +126,50 @@ impl std::io::Write for Count {
 }
 
 impl Tracker {
+    /// The tracker of the node named `node`; replicated to the other nodes
+    /// (PROTOCOL §8) when `pubsub` is clustered, by tasks on `tasks` that
+    /// say goodbye when `cancel` fires.
     pub(crate) fn new(
         pubsub: PubSub,
         config: PresenceConfig,
         tasks: TaskTracker,
         cancel: CancellationToken,
+        node: &str,
     ) -> Arc<Tracker> {
+        // Replicated only where a runtime runs the gossip task: otherwise
+        // nobody would take the deltas.
+        let clustered = pubsub.is_clustered() && tokio::runtime::Handle::try_current().is_ok();
         let shards = (0..config.pool_size.max(1))
             .map(|_| {
+                let replica = ReplicaId(random_u64());
                 Mutex::new(Shard {
-                    state: State::new(ReplicaId(random_u64())),
+                    state: if clustered {
+                        State::with_deltas(replica)
+                    } else {
+                        State::new(replica)
+                    },
+                    gossip: clustered.then(Gossip::default),
                     pending: HashMap::new(),
                     snapshots: HashMap::new(),
                 })
             })
             .collect();
-        Arc::new_cyclic(|me| Tracker {
+        let tracker = Arc::new_cyclic(|me| Tracker {
             shards,
             pubsub,
             config,
+            node: node.into(),
             next_owner: AtomicU64::new(1),
             batch_started: Arc::new(Notify::new()),
             flusher: OnceLock::new(),
             tasks,
             cancel,
             me: me.clone(),
-        })
+        });
+        if clustered {
+            tracker.start_replication();
+        }
+        tracker
     }
 
     fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
@@ -300,7 +324,7 @@ impl Tracker {
 
     /// Sends what `diff` changed to the local subscribers of its topics, now
     /// or at the end of the batch window.
-    fn emit(&self, shard: &mut Shard, diff: Diff<Meta>) {
+    pub(super) fn emit(&self, shard: &mut Shard, diff: Diff<Meta>) {
         if diff.is_empty() {
             return;
         }
@@ -553,7 +577,13 @@ mod tests {
         let diffs = Arc::new(Diffs::default());
         pubsub.subscribe("t", diffs.clone());
         let config = PresenceConfig::default().diff_batch_window(Duration::from_secs(3600));
-        let tracker = Tracker::new(pubsub, config, TaskTracker::new(), CancellationToken::new());
+        let tracker = Tracker::new(
+            pubsub,
+            config,
+            TaskTracker::new(),
+            CancellationToken::new(),
+            "test",
+        );
         tracker.track(1, "t", "ann", serde_json::json!({})).unwrap();
         let mut shard = tracker.shard("t");
         let entry = |shard: &Shard| {
