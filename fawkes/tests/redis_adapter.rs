@@ -367,6 +367,21 @@ async fn nodes_survive_a_redis_restart_and_resubscribe() {
     })
     .await;
 
+    let bot_a = cluster[0].endpoint.presence().owner();
+    bot_a.track("room:p", "before", json!({})).unwrap();
+    until(
+        "presence before the restart",
+        Duration::from_secs(5),
+        || {
+            cluster[1]
+                .endpoint
+                .presence()
+                .get_by_key("room:p", "before")
+                .is_some()
+        },
+    )
+    .await;
+
     redis.kill();
     until("both nodes see redis gone", Duration::from_secs(10), || {
         cluster.iter().all(|n| !n.adapter.is_connected())
@@ -396,8 +411,30 @@ async fn nodes_survive_a_redis_restart_and_resubscribe() {
     .await
     .expect("no wait while cut off");
 
+    // Tracked while cut off: its delta is lost, and must be caught up on
+    // once the link is back, well before the next idle heartbeat (16.5 s).
+    bot_a.track("room:p", "during", json!({})).unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+
     let _redis = OwnRedis::start(redis.port);
     connected(&cluster).await;
+    let back = Instant::now();
+    until(
+        "presence caught up after the restart",
+        Duration::from_secs(5),
+        || {
+            cluster[1]
+                .endpoint
+                .presence()
+                .get_by_key("room:p", "during")
+                .is_some()
+        },
+    )
+    .await;
+    eprintln!(
+        "presence caught up {:?} after the link was back",
+        back.elapsed()
+    );
     for n in &cluster {
         assert!(n.adapter.stats().connects >= 2, "reconnected");
     }

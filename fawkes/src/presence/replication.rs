@@ -114,6 +114,12 @@ impl Tracker {
                 }),
             );
         }
+        let me = Arc::downgrade(self);
+        self.pubsub.on_link_up(Arc::new(move || {
+            if let Some(tracker) = me.upgrade() {
+                tracker.relinked();
+            }
+        }));
         let (me, cancel) = (Arc::downgrade(self), self.cancel.clone());
         let period = self.config.broadcast_period.max(Duration::from_millis(1));
         self.tasks.spawn(gossip(me, cancel, period));
@@ -218,6 +224,45 @@ impl Tracker {
                 self.emit(&mut shard, diff);
             }
             drop(shard);
+            self.send(i, out);
+        }
+    }
+
+    /// The link to the other nodes is up, at first or after an outage in
+    /// which messages were lost: each replica heartbeats at once and asks
+    /// every peer it knows for its state, rather than waiting for the next
+    /// idle heartbeats (up to 16.5 s).
+    fn relinked(&self) {
+        for i in 0..self.shards.len() {
+            let mut out = Vec::new();
+            {
+                let mut shard = self.lock(i);
+                let Shard { state, gossip, .. } = &mut *shard;
+                let Some(g) = gossip.as_mut().filter(|g| !g.closed) else {
+                    continue;
+                };
+                let own = clock_of(state);
+                out.push(Out {
+                    to: None,
+                    kind: Kind::Heartbeat,
+                    replica: state.replica(),
+                    clock: own.clone(),
+                    changes: state.take_delta().map(|d| d.changes),
+                });
+                g.silent = 0;
+                // Not counted as this tick's request: a peer whose link
+                // comes up after ours has not heard this one, and its
+                // heartbeat must be able to prompt another.
+                for peer in g.peers.values() {
+                    out.push(Out {
+                        to: Some(peer.node.clone()),
+                        kind: Kind::TransferReq,
+                        replica: state.replica(),
+                        clock: own.clone(),
+                        changes: None,
+                    });
+                }
+            }
             self.send(i, out);
         }
     }

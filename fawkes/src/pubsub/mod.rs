@@ -196,6 +196,15 @@ impl Link {
         }
     }
 
+    /// Tells the node's services that the link to the other nodes is up
+    /// (again): what was sent meanwhile was lost, and they may catch up (the
+    /// presence tracker asks its peers for their state).
+    pub fn link_up(&self) {
+        if let Some(inner) = self.pubsub.upgrade() {
+            PubSub { inner }.link_up();
+        }
+    }
+
     /// Cancelled when the endpoint shuts down.
     pub fn cancelled(&self) -> &CancellationToken {
         &self.cancel
@@ -210,6 +219,10 @@ impl Link {
         self.tasks.spawn(task)
     }
 }
+
+/// Runs when the adapter's link to the other nodes comes up
+/// ([`PubSub::on_link_up`]); must not block.
+pub type LinkUpHandler = Arc<dyn Fn() + Send + Sync>;
 
 /// Handles the node messages of one service; runs on the adapter's receive
 /// task, so it must not block.
@@ -266,6 +279,7 @@ struct Inner {
     next_id: AtomicU64,
     adapter: RwLock<Option<Arc<dyn Adapter>>>,
     handlers: RwLock<HashMap<Arc<str>, NodeMessageHandler>>,
+    link_up: RwLock<Vec<LinkUpHandler>>,
 }
 
 /// The node's publish/subscribe hub. Cheap to clone.
@@ -296,6 +310,7 @@ impl PubSub {
                 next_id: AtomicU64::new(1),
                 adapter: RwLock::new(None),
                 handlers: RwLock::new(HashMap::new()),
+                link_up: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -323,6 +338,28 @@ impl PubSub {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(service.into(), handler);
+    }
+
+    /// Registers `handler` to run each time the adapter's link to the other
+    /// nodes comes up, at first and after every outage.
+    pub fn on_link_up(&self, handler: LinkUpHandler) {
+        self.inner
+            .link_up
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handler);
+    }
+
+    fn link_up(&self) {
+        let handlers = self
+            .inner
+            .link_up
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for handler in handlers {
+            handler();
+        }
     }
 
     /// Sends `body` to `service` on the node named `to`, or on every other

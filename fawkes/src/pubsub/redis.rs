@@ -627,6 +627,18 @@ async fn subscriber(inner: Arc<Inner>, link: Link) {
                 tracing::info!(target: "fawkes::pubsub::redis", channels = actual.len(), node = link.node(), "connected to redis")
             }
         }
+        // Once both connections are up, the node's services may catch up
+        // on what they missed (presence asks its peers).
+        let (up, link_up) = (inner.clone(), link.clone());
+        link.spawn(async move {
+            let deadline = Instant::now() + up.config.keepalive;
+            while !up.publishing.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if !sleep_or_cancel(&link_up, Duration::from_millis(10)).await {
+                    return;
+                }
+            }
+            link_up.link_up();
+        });
         let mut keepalive = tokio::time::interval(config.keepalive);
         keepalive.reset();
         let mut heard = true;
