@@ -11,6 +11,7 @@
 //! fawkes-bench connect --connections 30000 --workers 2 --server-pid "$(pgrep -n fawkes-conformance)"
 //! fawkes-bench pingpong --clients 100 --in-flight 10 --duration 10 --server-pid "$(pgrep -n fawkes-conformance)"
 //! fawkes-bench churn --loops 20 --warmup 10 --duration 60 --server-pid "$(pgrep -n fawkes-conformance)"
+//! fawkes-bench cluster --nodes ws://127.0.0.1:4410/socket/websocket,ws://127.0.0.1:4411/socket/websocket --placement local
 //! ```
 //!
 //! Beyond one process's open-file limit, `--workers W` (connect, pingpong,
@@ -22,6 +23,7 @@
 
 mod churn;
 mod client;
+mod cluster;
 mod connect;
 mod counts;
 mod fanout;
@@ -72,6 +74,10 @@ enum Command {
     /// Connect, join, push, leave and disconnect in a loop; cycles per
     /// second, server CPU per cycle, and a leak check against /api/stats.
     Churn(churn::Args),
+    /// Broadcasts from one node of a cluster to subscribers on every node:
+    /// local and cross-node latency, throughput, and Redis traffic per
+    /// broadcast.
+    Cluster(cluster::Args),
     /// The real `fawkes` sockets and channels over in-memory transports,
     /// in this process: memory per socket and broadcast time at a million
     /// sockets, beyond what the machine's file limits allow over a network.
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => fanout::run(args).await.map(drop),
             Command::Pingpong(args) => pingpong::run(args).await.map(drop),
             Command::Churn(args) => churn::run(args).await.map(drop),
+            Command::Cluster(args) => cluster::run(args).await.map(drop),
             Command::Inprocess(args) => inprocess::run(args).await.map(drop),
         }
     });

@@ -17,16 +17,17 @@ pub struct Server {
 impl Server {
     /// Starts serving.
     pub async fn start() -> Server {
+        Server::start_with(fawkes_conformance::Options::default()).await
+    }
+
+    /// Starts serving with `opts`, such as a cluster node's.
+    pub async fn start_with(opts: fawkes_conformance::Options) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(fawkes_conformance::serve(
-            listener,
-            fawkes_conformance::Options::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(fawkes_conformance::serve(listener, opts, async move {
+            let _ = stopped.await;
+        }));
         Server { addr, stop, task }
     }
 
