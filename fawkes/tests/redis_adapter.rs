@@ -60,12 +60,13 @@ async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 }
 
 async fn connected(nodes: &[Node]) {
-    until(
-        "every node connected to redis",
-        Duration::from_secs(10),
-        || nodes.iter().all(|n| n.adapter.is_connected()),
-    )
-    .await;
+    for n in nodes {
+        assert!(
+            n.endpoint.linked(Duration::from_secs(10)).await,
+            "every node connected to redis"
+        );
+        assert!(n.adapter.is_connected());
+    }
 }
 
 /// Records the `n` field of every broadcast it gets.
@@ -483,6 +484,7 @@ async fn an_unreachable_redis_never_stops_a_node() {
         .unwrap();
     assert_eq!(rec.got(), vec![3]);
     assert!(!n.adapter.is_connected());
+    assert!(!n.endpoint.linked(Duration::from_millis(100)).await);
     tokio::time::timeout(Duration::from_secs(5), n.endpoint.shutdown())
         .await
         .expect("shutdown does not wait for redis");

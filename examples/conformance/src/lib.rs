@@ -151,7 +151,12 @@ pub fn app(opts: &Options) -> Result<(axum::Router, Endpoint), RedisUrlError> {
     Ok((router, endpoint))
 }
 
-/// Serves the app on `listener` until `shutdown` resolves, then closes every
+/// How long [`serve`] waits for the link to the cluster before taking
+/// traffic anyway.
+const CLUSTER_LINK_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves the app on `listener` (logging `listening on http://HOST:PORT`
+/// once linked to the cluster, if any) until `shutdown` resolves, then closes every
 /// socket (code 1012) after running their channels' terminate, and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -159,6 +164,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (router, endpoint) = app(&opts).map_err(std::io::Error::other)?;
+    // In a cluster, take traffic once linked to the other nodes, so that
+    // the first joins and broadcasts span the cluster; a Redis still
+    // unreachable then is retried while the node serves its own clients.
+    if opts.pubsub.is_some() && !endpoint.linked(CLUSTER_LINK_WAIT).await {
+        tracing::warn!(node = %opts.node_name, "not linked to the cluster yet (redis unreachable?); serving local clients and retrying");
+    }
+    tracing::info!(node = %opts.node_name, "listening on http://{}", listener.local_addr()?);
     // Small frames must leave at once, not wait behind an unacknowledged
     // one (Nagle's algorithm) for the client's delayed ACK.
     let listener = listener.tap_io(|tcp| {

@@ -55,13 +55,6 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the listening address");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
     let opts = Options {
         node_name: cli.node_name.unwrap_or_else(random_node_name),
         presence_batch_window: cli.presence_batch_ms.map(std::time::Duration::from_millis),
@@ -73,7 +66,6 @@ async fn main() -> std::process::ExitCode {
         },
         ..Options::default()
     };
-    tracing::info!(node = %opts.node_name, "listening on http://{addr}");
     match serve(listener, opts, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

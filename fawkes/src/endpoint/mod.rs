@@ -198,6 +198,22 @@ impl Endpoint {
         &self.shared.presence
     }
 
+    /// Waits up to `within` for the link to the other nodes (the
+    /// [adapter](EndpointBuilder::adapter)'s connection) to be up; whether
+    /// it is. A node may serve before, but until then its broadcasts stay
+    /// local and its joins see only local broadcasts: wait for it before
+    /// taking traffic. At once `true` without an adapter.
+    pub async fn linked(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.shared.pubsub.is_linked() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// This node's name ([`EndpointBuilder::node_name`]).
     pub fn node_name(&self) -> &str {
         &self.shared.node_name

@@ -94,6 +94,11 @@ pub trait Adapter: Send + Sync + 'static {
     fn start(&self, link: Link) {
         let _ = link;
     }
+    /// Whether the link to the other nodes is up (what is published now
+    /// reaches them).
+    fn is_connected(&self) -> bool {
+        true
+    }
     /// Publishes a broadcast made on this node to the other nodes. Must not
     /// block: queue it. Its `from` is a subscription of this node: other
     /// nodes deliver to all their subscribers.
@@ -329,6 +334,12 @@ impl PubSub {
     /// Whether an adapter links this node to others.
     pub fn is_clustered(&self) -> bool {
         self.adapter().is_some()
+    }
+
+    /// Whether broadcasts made now reach the other nodes: `true` alone or
+    /// with an adapter whose link is up.
+    pub fn is_linked(&self) -> bool {
+        self.adapter().is_none_or(|a| a.is_connected())
     }
 
     /// Registers the handler of `service`'s node messages (replacing any).

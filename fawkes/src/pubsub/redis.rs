@@ -368,6 +368,10 @@ impl Adapter for RedisAdapter {
         link.clone().spawn(subscriber(inner.clone(), link));
     }
 
+    fn is_connected(&self) -> bool {
+        RedisAdapter::is_connected(self)
+    }
+
     fn publish(&self, msg: &Arc<Broadcast>) {
         let Some(node) = self.inner.node.get() else {
             return;
@@ -658,7 +662,8 @@ async fn subscriber(inner: Arc<Inner>, link: Link) {
                 }
                 _ = keepalive.tick() => {
                     if !heard {
-                        let ping = tokio::time::timeout(config.keepalive, sink.ping::<String>()).await;
+                        // Subscribed, Redis answers `["pong", ""]`, not a string.
+                        let ping = tokio::time::timeout(config.keepalive, sink.ping::<redis::Value>()).await;
                         if !matches!(ping, Ok(Ok(_))) {
                             break "no answer to ping".into();
                         }
