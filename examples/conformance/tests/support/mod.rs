@@ -5,6 +5,8 @@
 //! of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod cluster_presence;
 pub mod longpoll;
 
 use std::net::SocketAddr;
