@@ -16,7 +16,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -34,24 +33,6 @@ const MARGIN: Duration = Duration::from_secs(2);
 /// The node-message service of `/socket`'s LongPoll requests.
 const SERVICE: &str = "longpoll:/socket";
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A namespace no other test shares.
-fn namespace() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "lp-test-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// One node of the cluster.
 struct Node {
     server: TestServer,
@@ -67,7 +48,7 @@ impl Node {
 /// Nodes named `names` on one fresh namespace, each serving the probe
 /// socket with LongPoll as `lp` says; returns once all hear Redis.
 async fn cluster(obs: &Observer, names: &[&'static str], lp: LongPollConfig) -> Vec<Node> {
-    let ns = namespace();
+    let ns = namespace("lp-test");
     let mut nodes = Vec::new();
     for &name in names {
         let adapter =

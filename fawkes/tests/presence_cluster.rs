@@ -11,8 +11,9 @@
 //! - a node that shuts down in order takes its entries with it at once;
 //! - malformed presence messages are dropped and break nothing.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,28 +23,11 @@ use fawkes::pubsub::redis::{RedisAdapter, RedisConfig};
 use fawkes::pubsub::{Broadcast, EncodedBroadcast, Link, PubSub, Subscriber};
 use fawkes::{Endpoint, Payload, PresenceConfig, PresenceOwner};
 use serde_json::{Value, json};
+use support::{namespace, redis_url};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const TOPIC: &str = "room:1";
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A namespace no other test shares.
-fn namespace() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "presence-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Short periods: gossip every 100 ms, down after 1.5 s, purged after 4 s.
 fn fast() -> PresenceConfig {
@@ -240,7 +224,7 @@ async fn converged(nodes: &[&Node], expected: &BTreeSet<(String, String)>, withi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_lists_the_union_and_each_change_reaches_each_subscriber_once() {
-    let ns = namespace();
+    let ns = namespace("presence");
     // Shards replicate independently: spread topics over four.
     let nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
@@ -297,7 +281,7 @@ async fn every_node_lists_the_union_and_each_change_reaches_each_subscriber_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_late_gets_the_full_state_within_a_period_or_so() {
-    let ns = namespace();
+    let ns = namespace("presence");
     // Batched diffs add up to the same lists.
     let batched = fast().diff_batch_window(Duration::from_millis(50));
     let a = node(&ns, "a", batched.clone());
@@ -327,7 +311,7 @@ async fn a_node_that_joins_late_gets_the_full_state_within_a_period_or_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_dies_silently_leaves_after_down_period_and_is_then_purged() {
-    let ns = namespace();
+    let ns = namespace("presence");
     let a = node(&ns, "a", fast());
     connected(std::slice::from_ref(&a)).await;
     let owner = a.endpoint.presence().owner();
@@ -380,7 +364,7 @@ async fn a_node_restarted_under_its_name_replaces_its_old_replica_at_once() {
     let slow_down = fast()
         .down_period(Duration::from_secs(20))
         .permdown_period(Duration::from_secs(60));
-    let ns = namespace();
+    let ns = namespace("presence");
     let a = node(&ns, "a", slow_down.clone());
     connected(std::slice::from_ref(&a)).await;
     let mut c = doomed(&ns, "c", slow_down.clone(), "cat").await;
@@ -406,7 +390,7 @@ async fn a_node_that_shuts_down_in_order_takes_its_entries_at_once() {
     let slow_down = fast()
         .down_period(Duration::from_secs(20))
         .permdown_period(Duration::from_secs(60));
-    let ns = namespace();
+    let ns = namespace("presence");
     let a = node(&ns, "a", slow_down.clone());
     let c = node(&ns, "c", slow_down);
     connected(std::slice::from_ref(&a)).await;
@@ -429,7 +413,7 @@ async fn a_node_that_shuts_down_in_order_takes_its_entries_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_presence_messages_are_dropped_and_break_nothing() {
-    let ns = namespace();
+    let ns = namespace("presence");
     let a = node(&ns, "a", fast());
     let b = node(&ns, "b", fast());
     connected(std::slice::from_ref(&a)).await;

@@ -2,8 +2,9 @@
 //! this process, routing by topic shard, malformed messages, and a Redis
 //! of the test's own that is killed and restarted.
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,24 +12,7 @@ use fawkes::pubsub::redis::{RedisAdapter, RedisConfig, Routing};
 use fawkes::pubsub::{Broadcast, EncodedBroadcast, Subscriber};
 use fawkes::{Endpoint, Payload};
 use serde_json::json;
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A namespace no other test shares.
-fn namespace() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "test-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use support::{namespace, redis_url};
 
 struct Node {
     endpoint: Endpoint,
@@ -102,7 +86,7 @@ async fn subscribe(node: &Node, topic: &str) -> (Arc<Recorder>, fawkes::pubsub::
 
 #[tokio::test]
 async fn broadcasts_reach_every_node_once_and_in_order() {
-    let ns = namespace();
+    let ns = namespace("test");
     let cluster = nodes(&redis_url(), &ns, Routing::default(), &["a", "b", "c"]);
     connected(&cluster).await;
     let mut recs = Vec::new();
@@ -181,7 +165,7 @@ async fn broadcasts_reach_every_node_once_and_in_order() {
 async fn sharded_routing_reaches_only_nodes_with_subscribers() {
     let url = redis_url();
     for (routing, want_on_c) in [(Routing::default(), 0), (Routing::AllNodes, 50)] {
-        let ns = namespace();
+        let ns = namespace("test");
         let cluster = nodes(&url, &ns, routing, &["a", "b", "c"]);
         connected(&cluster).await;
         let (rec, _) = subscribe(&cluster[0], "room:only-a").await;
@@ -207,7 +191,7 @@ async fn sharded_routing_reaches_only_nodes_with_subscribers() {
 #[tokio::test]
 async fn a_shard_is_unsubscribed_with_its_last_local_topic() {
     let url = redis_url();
-    let ns = namespace();
+    let ns = namespace("test");
     let cluster = nodes(&url, &ns, Routing::default(), &["a"]);
     connected(&cluster).await;
     let channel = cluster[0].adapter.broadcast_channel("room:x");
@@ -242,7 +226,7 @@ async fn a_shard_is_unsubscribed_with_its_last_local_topic() {
 #[tokio::test]
 async fn malformed_messages_from_redis_are_dropped() {
     let url = redis_url();
-    let ns = namespace();
+    let ns = namespace("test");
     let cluster = nodes(&url, &ns, Routing::default(), &["a", "b"]);
     connected(&cluster).await;
     let (rec, _) = subscribe(&cluster[0], "room:m").await;
@@ -346,7 +330,7 @@ impl Drop for OwnRedis {
 #[tokio::test]
 async fn nodes_survive_a_redis_restart_and_resubscribe() {
     let mut redis = OwnRedis::start(OwnRedis::free_port());
-    let ns = namespace();
+    let ns = namespace("test");
     let fast = |name: &str| {
         node(
             RedisConfig::new(redis.url())
@@ -471,7 +455,7 @@ async fn nodes_survive_a_redis_restart_and_resubscribe() {
 async fn an_unreachable_redis_never_stops_a_node() {
     // Nothing listens there: the node starts, serves locally, and retries.
     let port = OwnRedis::free_port();
-    let ns = namespace();
+    let ns = namespace("test");
     let n = node(
         RedisConfig::new(format!("redis://127.0.0.1:{port}")).namespace(ns),
         "lonely",

@@ -65,6 +65,19 @@ struct Out {
     changes: Option<Changes<Meta>>,
 }
 
+impl Out {
+    /// A heartbeat to every node, with `changes` if any.
+    fn heartbeat(state: &State<Meta>, changes: Option<Changes<Meta>>) -> Out {
+        Out {
+            to: None,
+            kind: Kind::Heartbeat,
+            replica: state.replica(),
+            clock: clock_of(state),
+            changes,
+        }
+    }
+}
+
 /// What this replica has seen of each replica it counts as up.
 fn clock_of(state: &State<Meta>) -> Clock {
     let mut clock: Clock = state
@@ -164,13 +177,7 @@ impl Tracker {
             // node whose link came up late is found within a period.
             let delta = state.take_delta();
             if delta.is_some() || g.silent >= max_silent || g.peers.is_empty() {
-                out.push(Out {
-                    to: None,
-                    kind: Kind::Heartbeat,
-                    replica: state.replica(),
-                    clock: clock_of(state),
-                    changes: delta.map(|d| d.changes),
-                });
+                out.push(Out::heartbeat(state, delta.map(|d| d.changes)));
                 g.silent = 0;
             } else {
                 g.silent += 1;
@@ -228,11 +235,8 @@ impl Tracker {
         }
     }
 
-    /// The link to the other nodes is up, at first or after an outage in
-    /// which messages were lost: each replica heartbeats at once and asks
-    /// every peer it knows for its state, rather than waiting for the next
-    /// idle heartbeats (up to 16.5 s).
-    fn relinked(&self) {
+    /// Runs `f` on every shard's open replica, then sends what it queued.
+    fn each_replica(&self, mut f: impl FnMut(&mut State<Meta>, &mut Gossip, &mut Vec<Out>)) {
         for i in 0..self.shards.len() {
             let mut out = Vec::new();
             {
@@ -241,63 +245,53 @@ impl Tracker {
                 let Some(g) = gossip.as_mut().filter(|g| !g.closed) else {
                     continue;
                 };
-                let own = clock_of(state);
-                out.push(Out {
-                    to: None,
-                    kind: Kind::Heartbeat,
-                    replica: state.replica(),
-                    clock: own.clone(),
-                    changes: state.take_delta().map(|d| d.changes),
-                });
-                g.silent = 0;
-                // Not counted as this tick's request: a peer whose link
-                // comes up after ours has not heard this one, and its
-                // heartbeat must be able to prompt another.
-                for peer in g.peers.values() {
-                    out.push(Out {
-                        to: Some(peer.node.clone()),
-                        kind: Kind::TransferReq,
-                        replica: state.replica(),
-                        clock: own.clone(),
-                        changes: None,
-                    });
-                }
+                f(state, g, &mut out);
             }
             self.send(i, out);
         }
     }
 
-    /// On orderly shutdown: each replica's last delta, then its goodbye, so
-    /// that peers drop its entries now rather than after `down_period`.
-    fn goodbye(&self) {
-        for i in 0..self.shards.len() {
-            let mut out = Vec::new();
-            {
-                let mut shard = self.lock(i);
-                let Shard { state, gossip, .. } = &mut *shard;
-                let Some(g) = gossip.as_mut().filter(|g| !g.closed) else {
-                    continue;
-                };
-                g.closed = true;
-                if let Some(delta) = state.take_delta() {
-                    out.push(Out {
-                        to: None,
-                        kind: Kind::Heartbeat,
-                        replica: state.replica(),
-                        clock: clock_of(state),
-                        changes: Some(delta.changes),
-                    });
-                }
+    /// The link to the other nodes is up, at first or after an outage in
+    /// which messages were lost: each replica heartbeats at once and asks
+    /// every peer it knows for its state, rather than waiting for the next
+    /// idle heartbeats (up to 16.5 s).
+    fn relinked(&self) {
+        self.each_replica(|state, g, out| {
+            let changes = state.take_delta().map(|d| d.changes);
+            out.push(Out::heartbeat(state, changes));
+            g.silent = 0;
+            // Not counted as this tick's request: a peer whose link comes
+            // up after ours has not heard this one, and its heartbeat must
+            // be able to prompt another.
+            let own = clock_of(state);
+            for peer in g.peers.values() {
                 out.push(Out {
-                    to: None,
-                    kind: Kind::Goodbye,
+                    to: Some(peer.node.clone()),
+                    kind: Kind::TransferReq,
                     replica: state.replica(),
-                    clock: Clock::new(),
+                    clock: own.clone(),
                     changes: None,
                 });
             }
-            self.send(i, out);
-        }
+        });
+    }
+
+    /// On orderly shutdown: each replica's last delta, then its goodbye, so
+    /// that peers drop its entries now rather than after `down_period`.
+    fn goodbye(&self) {
+        self.each_replica(|state, g, out| {
+            g.closed = true;
+            if let Some(delta) = state.take_delta() {
+                out.push(Out::heartbeat(state, Some(delta.changes)));
+            }
+            out.push(Out {
+                to: None,
+                kind: Kind::Goodbye,
+                replica: state.replica(),
+                clock: Clock::new(),
+                changes: None,
+            });
+        });
     }
 
     /// Handles a message from shard `i`'s replica on another node.

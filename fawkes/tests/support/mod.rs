@@ -720,3 +720,22 @@ pub async fn serve_probe(
     let (router, endpoint) = configure(probe_endpoint(obs)).build();
     serve(router, endpoint).await
 }
+
+/// The Redis of the cluster tests: `REDIS_URL`, by default the local one.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis channel namespace no other test shares, starting with `prefix`.
+pub fn namespace(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
