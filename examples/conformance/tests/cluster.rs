@@ -37,7 +37,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Node, RedisServer, RoamingLp, redis_command, redis_url, unique};
 use support::cluster_presence::{
-    Change, DIFF_WITHIN, Entries, Presence, check_change, converge, listed, listen, pump_all,
+    Change, DIFF_WITHIN, Entries, Presence, check_change, converge_on, listed, listen, pump_all,
     summary, want_summary,
 };
 use support::longpoll::{LpClient, NDJSON};
@@ -264,6 +264,31 @@ async fn flush(
     }
 }
 
+/// Every member gets exactly one frame, `copy(member, payload)` (a
+/// `new_msg` its node's `handle_out` pushed), then nothing before a `new_msg`
+/// marker from `node` ([`flush`]).
+async fn copies_then_flush(
+    nodes: &[Node],
+    node: usize,
+    members: &mut [Member],
+    topic: &str,
+    payload: &Value,
+    copy: impl Fn(&Member, &Value) -> Value,
+) {
+    for member in members.iter_mut() {
+        let want = copy(member, payload);
+        member.expect_all(vec![want]).await;
+    }
+    flush(nodes, node, members, topic, "new_msg", copy).await;
+}
+
+/// A barrier on every member: no frame is left unread.
+async fn barrier_all(members: &mut [Member]) {
+    for member in members {
+        member.ws.barrier().await;
+    }
+}
+
 /// [`flush`] with a fast-lane marker (event `flush`).
 async fn flush_fast(nodes: &[Node], node: usize, members: &mut [Member], topic: &str) {
     flush(nodes, node, members, topic, "flush", |_, p| {
@@ -342,21 +367,10 @@ async fn broadcasts_reach_every_node_exactly_once(routing: &str) {
         members[sender]
             .push(&chat, "new_msg", payload.clone())
             .await;
-        for member in &mut members {
-            let want = json!([member.join_ref(&chat), null, chat, "new_msg", payload]);
-            member.expect_all(vec![want]).await;
-        }
-        let chat_marker =
+        let chat_copy =
             |m: &Member, p: &Value| json!([m.join_ref(&chat), null, chat, "new_msg", p]);
-        flush(
-            nodes,
-            (origin + 1) % 3,
-            &mut members,
-            &chat,
-            "new_msg",
-            chat_marker,
-        )
-        .await;
+        let flusher = (origin + 1) % 3;
+        copies_then_flush(nodes, flusher, &mut members, &chat, &payload, chat_copy).await;
 
         // Checklist 49: a server-side broadcast of an intercepted event runs
         // `handle_out` on every node.
@@ -365,23 +379,10 @@ async fn broadcasts_reach_every_node_exactly_once(routing: &str) {
             .http()
             .broadcast(&chat, "new_msg", payload.clone())
             .await;
-        for member in &mut members {
-            let want = json!([member.join_ref(&chat), null, chat, "new_msg", payload]);
-            member.expect_all(vec![want]).await;
-        }
-        flush(
-            nodes,
-            (origin + 2) % 3,
-            &mut members,
-            &chat,
-            "new_msg",
-            chat_marker,
-        )
-        .await;
+        let flusher = (origin + 2) % 3;
+        copies_then_flush(nodes, flusher, &mut members, &chat, &payload, chat_copy).await;
     }
-    for member in &mut members {
-        member.ws.barrier().await;
-    }
+    barrier_all(&mut members).await;
 }
 
 /// PROTOCOL §4.8 from the first moment: once a node has logged `listening
@@ -525,9 +526,7 @@ async fn c49_broadcast_from_reaches_every_node_but_the_sender() {
         )
         .await;
     }
-    for member in &mut members {
-        member.ws.barrier().await;
-    }
+    barrier_all(&mut members).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -564,6 +563,12 @@ async fn c49_handle_out_filters_and_rewrites_on_each_remote_node() {
         member.join_room(&room, user_id).await;
         ws.push(member);
     }
+    let mut audience = Audience {
+        room: room.clone(),
+        ws,
+        carol,
+        carol_ref,
+    };
 
     // alice sends to bob, to carol, then to everyone.
     let to_bob = json!({"body": "for bob", "to": "bob"});
@@ -571,24 +576,17 @@ async fn c49_handle_out_filters_and_rewrites_on_each_remote_node() {
     let all = json!({"body": "for all"});
     let mut refs = Vec::new();
     for payload in [&to_bob, &to_carol, &all] {
-        refs.push(ws[0].push(&room, "new_msg", payload.clone()).await);
+        let r = audience.ws[0].push(&room, "new_msg", payload.clone()).await;
+        refs.push(r);
     }
-    check_copies(
-        &mut ws,
-        &mut carol,
-        &carol_ref,
-        &room,
-        &[
-            ("alice", vec![]),
-            ("bob", vec![&to_bob]),
-            ("anon", vec![]),
-            ("dave", vec![]),
-            ("carol", vec![&to_carol]),
-        ],
-        &all,
-        Some(&refs),
-    )
-    .await;
+    let wants = [
+        ("alice", vec![]),
+        ("bob", vec![&to_bob]),
+        ("anon", vec![]),
+        ("dave", vec![]),
+        ("carol", vec![&to_carol]),
+    ];
+    audience.check_copies(&wants, &all, Some(&refs)).await;
 
     // The API on node B sends to dave, then to everyone.
     let to_dave = json!({"body": "for dave", "to": "dave", "via": "api"});
@@ -599,142 +597,251 @@ async fn c49_handle_out_filters_and_rewrites_on_each_remote_node() {
             .broadcast(&room, "new_msg", payload.clone())
             .await;
     }
-    check_copies(
-        &mut ws,
-        &mut carol,
-        &carol_ref,
-        &room,
-        &[
-            ("alice", vec![]),
-            ("bob", vec![]),
-            ("anon", vec![]),
-            ("dave", vec![&to_dave]),
-            ("carol", vec![]),
-        ],
-        &all,
-        None,
-    )
-    .await;
+    let wants = [
+        ("alice", vec![]),
+        ("bob", vec![]),
+        ("anon", vec![]),
+        ("dave", vec![&to_dave]),
+        ("carol", vec![]),
+    ];
+    audience.check_copies(&wants, &all, None).await;
 
-    for member in &mut ws {
-        member.ws.barrier().await;
-    }
-    carol.barrier().await;
+    barrier_all(&mut audience.ws).await;
+    audience.carol.barrier().await;
 }
 
-/// Each client must get exactly its `(name, payloads)` copies, then its copy
-/// of `all` (which comes last from the same origin, so it flushes the
-/// rest); `user_entered` frames are not this test's business and are
-/// dropped. With `replies`, `ws[0]` sent the three messages and gets their
-/// replies first (PROTOCOL §4.8: an intercepted sender sees its reply
-/// before its copy).
-async fn check_copies(
-    ws: &mut [Member],
-    carol: &mut LpClient,
-    carol_ref: &str,
-    room: &str,
-    wants: &[(&str, Vec<&Value>)],
-    all: &Value,
-    replies: Option<&[String]>,
-) {
-    for (i, member) in ws.iter_mut().enumerate() {
-        let join_ref = member.join_ref(room).to_string();
-        let mut want: Vec<Value> = match (i, replies) {
-            (0, Some(refs)) => refs.iter().map(|r| member.ok_reply(room, r)).collect(),
-            _ => Vec::new(),
-        };
+/// The clients of the `handle_out` test on `room`: WebSocket members, and
+/// carol on LongPoll (node C) with her join ref.
+struct Audience {
+    room: String,
+    ws: Vec<Member>,
+    carol: LpClient,
+    carol_ref: String,
+}
+
+impl Audience {
+    /// Each client must get exactly its `(name, payloads)` copies, then its copy
+    /// of `all` (which comes last from the same origin, so it flushes the
+    /// rest); `user_entered` frames are not this test's business and are
+    /// dropped. With `replies`, `ws[0]` sent the three messages and gets their
+    /// replies first (PROTOCOL §4.8: an intercepted sender sees its reply
+    /// before its copy).
+    async fn check_copies(
+        &mut self,
+        wants: &[(&str, Vec<&Value>)],
+        all: &Value,
+        replies: Option<&[String]>,
+    ) {
+        let (room, carol_ref) = (self.room.as_str(), self.carol_ref.as_str());
+        for (i, member) in self.ws.iter_mut().enumerate() {
+            let join_ref = member.join_ref(room).to_string();
+            let mut want: Vec<Value> = match (i, replies) {
+                (0, Some(refs)) => refs.iter().map(|r| member.ok_reply(room, r)).collect(),
+                _ => Vec::new(),
+            };
+            let (_, copies) = wants
+                .iter()
+                .find(|(name, _)| *name == member.name)
+                .expect("wanted copies");
+            want.extend(
+                copies
+                    .iter()
+                    .map(|p| room_copy(&join_ref, room, p, "websocket")),
+            );
+            let last = room_copy(&join_ref, room, all, "websocket");
+            want.push(last.clone());
+            let who = member.who();
+            let mut got = read_until(&mut member.ws, &who, |f| *f == last).await;
+            got.retain(|f| event(f) != "user_entered");
+            if replies.is_some() && i == 0 {
+                assert_eq!(got, want, "{who}: replies, then only its copy for everyone");
+            } else {
+                got.sort_by_key(Value::to_string);
+                want.sort_by_key(Value::to_string);
+                assert_eq!(got, want, "{who}: its copies, filtered by `to`");
+            }
+        }
         let (_, copies) = wants
             .iter()
-            .find(|(name, _)| *name == member.name)
-            .expect("wanted copies");
-        want.extend(
-            copies
-                .iter()
-                .map(|p| room_copy(&join_ref, room, p, "websocket")),
-        );
-        let last = room_copy(&join_ref, room, all, "websocket");
+            .find(|(name, _)| *name == "carol")
+            .expect("carol's copies");
+        let mut want: Vec<Value> = copies
+            .iter()
+            .map(|p| room_copy(carol_ref, room, p, "longpoll"))
+            .collect();
+        let last = room_copy(carol_ref, room, all, "longpoll");
         want.push(last.clone());
-        let who = member.who();
-        let mut got = read_until(&mut member.ws, &who, |f| *f == last).await;
-        got.retain(|f| event(f) != "user_entered");
-        if replies.is_some() && i == 0 {
-            assert_eq!(got, want, "{who}: replies, then only its copy for everyone");
-        } else {
-            got.sort_by_key(Value::to_string);
-            want.sort_by_key(Value::to_string);
-            assert_eq!(got, want, "{who}: its copies, filtered by `to`");
-        }
+        let got = lp_read_until(&mut self.carol, &last).await;
+        assert_eq!(got, want, "carol (LongPoll, node 2): her copies");
     }
-    let (_, copies) = wants
-        .iter()
-        .find(|(name, _)| *name == "carol")
-        .expect("carol's copies");
-    let mut want: Vec<Value> = copies
-        .iter()
-        .map(|p| room_copy(carol_ref, room, p, "longpoll"))
-        .collect();
-    let last = room_copy(carol_ref, room, all, "longpoll");
-    want.push(last.clone());
-    let got = lp_read_until(carol, &last).await;
-    assert_eq!(got, want, "carol (LongPoll, node 2): her copies");
 }
 
 // ---------------------------------------------------------------------------
 // 4. Presence: the union, and every diff once (checklist 88)
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c88_presence_is_the_union_and_every_diff_arrives_once() {
-    let cluster = Cluster::start(3).await;
-    let nodes = &cluster.nodes;
-    let all_nodes: Vec<&Node> = nodes.iter().collect();
-    let topic = format!("presence:{}", unique("lobby"));
-    let mut clients: Vec<Presence> = Vec::new();
-    let mut changes: Vec<Change> = Vec::new();
-    let mut pairs: Vec<(&str, &str)> = Vec::new();
-    let mut union = Entries::new();
+/// A presence change that [`Lobby::step`] makes happen.
+#[derive(Clone, Copy)]
+enum Act {
+    /// A client of `key` with `device` joins on `node`.
+    Join {
+        node: usize,
+        key: &'static str,
+        device: &'static str,
+    },
+    /// `clients[client]`, of `key` with device `from`, updates it to `to`.
+    Update {
+        client: usize,
+        key: &'static str,
+        from: &'static str,
+        to: &'static str,
+    },
+    /// `clients[client]`, the only client of `key`, leaves.
+    Leave { client: usize, key: &'static str },
+}
 
-    // One joiner per node, in turn: each earlier subscriber sees each later
-    // join once; each view and each node's list converge on the union.
-    for (node, key, device) in [(0, "ua", "web"), (1, "ub", "ios"), (2, "uc", "android")] {
-        let observers: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
+/// The presence test's state: its clients, the `(key, device)`s they must
+/// show, the union they last converged on and every change so far.
+struct Lobby<'a> {
+    nodes: &'a [Node],
+    all_nodes: Vec<&'a Node>,
+    topic: String,
+    clients: Vec<Presence>,
+    /// Clients that left the topic (still connected, no longer read).
+    gone: Vec<Presence>,
+    pairs: Vec<(&'static str, &'static str)>,
+    union: Entries,
+    changes: Vec<Change>,
+}
+
+impl<'a> Lobby<'a> {
+    fn new(nodes: &'a [Node], topic: String) -> Lobby<'a> {
+        Lobby {
+            nodes,
+            all_nodes: nodes.iter().collect(),
+            topic,
+            clients: Vec::new(),
+            gone: Vec::new(),
+            pairs: Vec::new(),
+            union: Entries::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// Makes `act` happen, then waits (up to `within`) until every view and
+    /// every node's list hold the new `(key, device)`s and the same entries,
+    /// and asserts how many are new to the union: one after a join or an
+    /// update, none after a leave. Checks the change on every client there
+    /// before it (the updater included, the leaver not): its joins (the new
+    /// entries) and leaves (the update's old entry, the leaver's entries),
+    /// each in exactly one diff, within [`DIFF_WITHIN`]. Records the change
+    /// and returns it; the new union is `self.union`.
+    async fn step(&mut self, what: &str, act: Act, within: Duration) -> &Change {
+        let leaves: Vec<String> = match act {
+            Act::Join { .. } => Vec::new(),
+            Act::Update { key, from, .. } => {
+                let old: Vec<String> = self
+                    .union
+                    .iter()
+                    .filter(|(_, (k, meta))| k == key && meta["device"] == json!(from))
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                assert_eq!(old.len(), 1, "{what}: {key}'s entry: {:?}", self.union);
+                old
+            }
+            Act::Leave { client, key } => {
+                self.gone.push(self.clients.remove(client));
+                self.union
+                    .iter()
+                    .filter(|(_, (k, _))| k == key)
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            }
+        };
+        let observers: Vec<String> = self.clients.iter().map(|c| c.name.clone()).collect();
         let t0 = Instant::now();
-        clients.push(Presence::join(nodes, node, &topic, key, device).await);
-        pairs.push((key, device));
-        let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
-        let now = converge(
-            &all_nodes,
-            &mut refs,
-            &topic,
-            &want_summary(&pairs),
-            CONVERGE_WITHIN,
+        match act {
+            Act::Join { node, key, device } => {
+                let client = Presence::join(self.nodes, node, &self.topic, key, device).await;
+                self.clients.push(client);
+                self.pairs.push((key, device));
+            }
+            Act::Update {
+                client,
+                key,
+                from,
+                to,
+            } => {
+                self.clients[client].update(to).await;
+                self.pairs.retain(|p| *p != (key, from));
+                self.pairs.push((key, to));
+            }
+            Act::Leave { key, .. } => {
+                self.gone.last_mut().expect("the leaver").leave().await;
+                self.pairs.retain(|p| p.0 != key);
+            }
+        }
+        let now = converge_on(
+            &self.all_nodes,
+            &mut self.clients,
+            &self.topic,
+            &self.pairs,
+            within,
         )
         .await;
         let joins: Vec<String> = now
             .keys()
-            .filter(|r| !union.contains_key(*r))
+            .filter(|r| !self.union.contains_key(*r))
             .cloned()
             .collect();
-        assert_eq!(joins.len(), 1, "one new entry after {key} joined: {now:?}");
+        let new_entries = usize::from(!matches!(act, Act::Leave { .. }));
+        assert_eq!(
+            joins.len(),
+            new_entries,
+            "{what}: entries new to the union: {now:?}"
+        );
         let change = Change {
-            what: format!("{key} joining on node {node}"),
+            what: what.to_string(),
             t0,
             joins,
-            leaves: Vec::new(),
+            leaves,
             observers,
         };
-        check_change(&clients.iter().collect::<Vec<_>>(), &change);
-        changes.push(change);
-        union = now;
+        check_change(&self.clients.iter().collect::<Vec<_>>(), &change);
+        self.union = now;
+        self.changes.push(change);
+        self.changes.last().expect("the change")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c88_presence_is_the_union_and_every_diff_arrives_once() {
+    let cluster = Cluster::start(3).await;
+    let nodes = &cluster.nodes;
+    let topic = format!("presence:{}", unique("lobby"));
+    let mut lobby = Lobby::new(nodes, topic.clone());
+
+    // One joiner per node, in turn: each earlier subscriber sees each later
+    // join once; each view and each node's list converge on the union.
+    for (node, key, device) in [(0, "ua", "web"), (1, "ub", "ios"), (2, "uc", "android")] {
+        let what = format!("{key} joining on node {node}");
+        let act = Act::Join { node, key, device };
+        lobby.step(&what, act, CONVERGE_WITHIN).await;
     }
 
     // A second socket of `ua`, on node C: its presence_state already holds
     // everyone (node C has converged), and `ua` has two metas everywhere.
-    let observers: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
-    let t0 = Instant::now();
-    let tablet = Presence::join(nodes, 2, &topic, "ua", "tablet").await;
-    let state = tablet.state.clone().expect("state");
-    for (phx_ref, entry) in &union {
+    let before = lobby.union.clone();
+    let act = Act::Join {
+        node: 2,
+        key: "ua",
+        device: "tablet",
+    };
+    let what = "ua's second socket joining on node 2";
+    lobby.step(what, act, DIFF_WITHIN).await;
+    let tablet = lobby.clients.last().expect("the tablet");
+    let state = tablet.state.as_ref().expect("state");
+    for (phx_ref, entry) in &before {
         assert_eq!(
             state.get(phx_ref),
             Some(entry),
@@ -742,128 +849,53 @@ async fn c88_presence_is_the_union_and_every_diff_arrives_once() {
             tablet.name
         );
     }
-    clients.push(tablet);
-    pairs.push(("ua", "tablet"));
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
-    let now = converge(
-        &all_nodes,
-        &mut refs,
-        &topic,
-        &want_summary(&pairs),
-        DIFF_WITHIN,
-    )
-    .await;
-    let joins: Vec<String> = now
-        .keys()
-        .filter(|r| !union.contains_key(*r))
-        .cloned()
-        .collect();
-    let change = Change {
-        what: "ua's second socket joining on node 2".into(),
-        t0,
-        joins,
-        leaves: Vec::new(),
-        observers,
-    };
-    check_change(&clients.iter().collect::<Vec<_>>(), &change);
-    changes.push(change);
-    union = now;
 
     // An update on node B: one diff with the new meta (phx_ref_prev) in
     // joins and the old one in leaves, everywhere, the updater included.
-    let old_ref = union
-        .iter()
-        .find(|(_, (key, _))| key == "ub")
-        .map(|(r, _)| r.clone())
-        .expect("ub's entry");
-    let observers: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
-    let t0 = Instant::now();
-    clients[1].update("car").await;
-    pairs.retain(|p| *p != ("ub", "ios"));
-    pairs.push(("ub", "car"));
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
-    let now = converge(
-        &all_nodes,
-        &mut refs,
-        &topic,
-        &want_summary(&pairs),
-        DIFF_WITHIN,
-    )
-    .await;
-    let joins: Vec<String> = now
-        .keys()
-        .filter(|r| !union.contains_key(*r))
-        .cloned()
-        .collect();
-    assert_eq!(joins.len(), 1, "one new entry after the update: {now:?}");
-    let (_, new_meta) = &now[&joins[0]];
+    let act = Act::Update {
+        client: 1,
+        key: "ub",
+        from: "ios",
+        to: "car",
+    };
+    let change = lobby.step("ub's update on node 1", act, DIFF_WITHIN).await;
+    let (new_ref, old_ref) = (change.joins[0].clone(), change.leaves[0].clone());
+    let (_, new_meta) = &lobby.union[&new_ref];
     assert_eq!(
         new_meta["phx_ref_prev"],
         json!(old_ref),
         "the updated meta's phx_ref_prev: {new_meta}"
     );
-    let change = Change {
-        what: "ub's update on node 1".into(),
-        t0,
-        joins: joins.clone(),
-        leaves: vec![old_ref.clone()],
-        observers,
-    };
-    check_change(&clients.iter().collect::<Vec<_>>(), &change);
-    for client in &clients {
-        let diff = client.joins_of(&joins[0])[0];
+    for client in &lobby.clients {
+        let diff = client.joins_of(&new_ref)[0];
         assert!(
             diff.leaves.contains_key(&old_ref),
             "{}: an update is one diff with both joins and leaves: {diff:?}",
             client.name
         );
     }
-    changes.push(change);
-    union = now;
 
     // uc leaves on node C: the others see the leave once.
-    let mut leaver = clients.remove(2);
-    let leaves: Vec<String> = union
-        .iter()
-        .filter(|(_, (key, _))| key == "uc")
-        .map(|(r, _)| r.clone())
-        .collect();
-    let observers: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
-    let t0 = Instant::now();
-    leaver.leave().await;
-    pairs.retain(|p| p.0 != "uc");
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
-    let now = converge(
-        &all_nodes,
-        &mut refs,
-        &topic,
-        &want_summary(&pairs),
-        DIFF_WITHIN,
-    )
-    .await;
-    let change = Change {
-        what: "uc leaving on node 2".into(),
-        t0,
-        joins: Vec::new(),
-        leaves,
-        observers,
+    let act = Act::Leave {
+        client: 2,
+        key: "uc",
     };
-    check_change(&clients.iter().collect::<Vec<_>>(), &change);
-    changes.push(change);
+    lobby.step("uc leaving on node 2", act, DIFF_WITHIN).await;
 
     // Nothing arrives twice later (gossip, anti-entropy), and the lists
     // still agree.
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
+    let mut refs: Vec<&mut Presence> = lobby.clients.iter_mut().collect();
     listen(&mut refs, QUIET).await;
-    let readers: Vec<&Presence> = clients.iter().collect();
-    for change in &changes {
+    let readers: Vec<&Presence> = lobby.clients.iter().collect();
+    for change in &lobby.changes {
         check_change(&readers, change);
     }
     for node in nodes {
-        assert_eq!(listed(node, &topic).await, now, "GET on {}", node.name);
+        let list = listed(node, &topic).await;
+        assert_eq!(list, lobby.union, "GET on {}", node.name);
     }
-    for client in &clients {
-        assert_eq!(client.view, now, "{}: final view", client.name);
+    for client in &lobby.clients {
+        assert_eq!(client.view, lobby.union, "{}: final view", client.name);
         assert!(
             client.other.is_empty(),
             "{}: frames other than presence events: {:?}",
@@ -1037,15 +1069,7 @@ async fn c89_presences_of_a_killed_node_leave_the_others() {
         pairs.push((key, device));
     }
     let all_nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
-    let union = converge(
-        &all_nodes,
-        &mut refs,
-        &topic,
-        &want_summary(&pairs),
-        CONVERGE_WITHIN,
-    )
-    .await;
+    let union = converge_on(&all_nodes, &mut clients, &topic, &pairs, CONVERGE_WITHIN).await;
     let doomed: Vec<String> = union
         .iter()
         .filter(|(_, (key, _))| key == "uc" || key == "ud")
@@ -1146,16 +1170,8 @@ async fn redis_restart_nodes_serve_locally_then_the_cluster_recovers() {
         let key = format!("p{node}");
         clients.push(Presence::join(nodes, node, &topic, &key, "web").await);
     }
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
     let pairs = [("p0", "web"), ("p1", "web"), ("p2", "web")];
-    converge(
-        &all_nodes,
-        &mut refs,
-        &topic,
-        &want_summary(&pairs),
-        CONVERGE_WITHIN,
-    )
-    .await;
+    converge_on(&all_nodes, &mut clients, &topic, &pairs, CONVERGE_WITHIN).await;
     nodes[0].http().broadcast(&bench, "before", json!({})).await;
     for member in senders.iter_mut().chain(receivers.iter_mut()) {
         member
@@ -1268,15 +1284,7 @@ async fn redis_restart_nodes_serve_locally_then_the_cluster_recovers() {
 
     // And presence converges again: q0 joined and p1 left during the outage.
     let pairs = [("p0", "web"), ("p2", "web"), ("q0", "phone")];
-    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
-    converge(
-        &all_nodes,
-        &mut refs,
-        &topic,
-        &want_summary(&pairs),
-        RECONVERGE_WITHIN,
-    )
-    .await;
+    converge_on(&all_nodes, &mut clients, &topic, &pairs, RECONVERGE_WITHIN).await;
     eprintln!(
         "redis: presence converged {:?} after the restart",
         back.elapsed()

@@ -198,42 +198,23 @@ impl Presence {
 
     /// Sends `update_meta` with a new device and waits for the ok reply.
     pub async fn update(&mut self, device: &str) {
-        let join_ref = self.join_ref.clone();
-        let r = self
-            .ws
-            .push(
-                &join_ref,
-                &self.topic,
-                "update_meta",
-                json!({"device": device}),
-            )
-            .await;
-        let want = json!([join_ref, r, self.topic, "phx_reply", ok(json!({}))]);
-        let deadline = Instant::now() + RECV_TIMEOUT;
-        let got = self.pump_until(deadline, |c| c.other.contains(&want)).await;
-        assert!(
-            got,
-            "{}: no reply to update_meta: {:?}",
-            self.name, self.other
-        );
-        self.other.retain(|f| *f != want);
+        self.push_ok("update_meta", json!({"device": device})).await;
     }
 
     /// Leaves the topic and waits for the ok reply.
     pub async fn leave(&mut self) {
+        self.push_ok("phx_leave", json!({})).await;
+    }
+
+    /// Pushes `event` on the topic and waits for the ok reply `{}`
+    /// (recording whatever presence events come meanwhile).
+    async fn push_ok(&mut self, event: &str, payload: Value) {
         let join_ref = self.join_ref.clone();
-        let r = self
-            .ws
-            .push(&join_ref, &self.topic, "phx_leave", json!({}))
-            .await;
+        let r = self.ws.push(&join_ref, &self.topic, event, payload).await;
         let want = json!([join_ref, r, self.topic, "phx_reply", ok(json!({}))]);
         let deadline = Instant::now() + RECV_TIMEOUT;
         let got = self.pump_until(deadline, |c| c.other.contains(&want)).await;
-        assert!(
-            got,
-            "{}: no reply to phx_leave: {:?}",
-            self.name, self.other
-        );
+        assert!(got, "{}: no reply to {event}: {:?}", self.name, self.other);
         self.other.retain(|f| *f != want);
     }
 
@@ -341,6 +322,18 @@ pub async fn converge(
     first
 }
 
+/// [`converge`] of every one of `clients` on the `(key, device)`s `pairs`.
+pub async fn converge_on(
+    nodes: &[&Node],
+    clients: &mut [Presence],
+    topic: &str,
+    pairs: &[(&str, &str)],
+    within: Duration,
+) -> Entries {
+    let mut refs: Vec<&mut Presence> = clients.iter_mut().collect();
+    converge(nodes, &mut refs, topic, &want_summary(pairs), within).await
+}
+
 /// One presence change, as every observer must see it: one diff, within
 /// [`DIFF_WITHIN`] of `t0`, holding `joins` and `leaves` (an update carries
 /// both in one diff, PROTOCOL §7.3).
@@ -352,6 +345,9 @@ pub struct Change {
     pub observers: Vec<String>,
 }
 
+/// [`Presence::joins_of`] or [`Presence::leaves_of`].
+type DiffsOf = for<'p> fn(&'p Presence, &str) -> Vec<&'p Diff>;
+
 /// Asserts `change` on each of its observers among `clients`: exactly one
 /// diff with its joins and leaves (the same one), in time.
 pub fn check_change(clients: &[&Presence], change: &Change) {
@@ -360,27 +356,22 @@ pub fn check_change(clients: &[&Presence], change: &Change) {
         .filter(|c| change.observers.contains(&c.name))
     {
         let mut seen: Vec<&Diff> = Vec::new();
-        for phx_ref in &change.joins {
-            let diffs = client.joins_of(phx_ref);
-            assert_eq!(
-                diffs.len(),
-                1,
-                "{}: {} (join of {phx_ref}) should arrive in exactly one diff: {diffs:#?}",
-                client.name,
-                change.what
-            );
-            seen.extend(diffs);
-        }
-        for phx_ref in &change.leaves {
-            let diffs = client.leaves_of(phx_ref);
-            assert_eq!(
-                diffs.len(),
-                1,
-                "{}: {} (leave of {phx_ref}) should arrive in exactly one diff: {diffs:#?}",
-                client.name,
-                change.what
-            );
-            seen.extend(diffs);
+        let sides: [(&str, &Vec<String>, DiffsOf); 2] = [
+            ("join", &change.joins, Presence::joins_of),
+            ("leave", &change.leaves, Presence::leaves_of),
+        ];
+        for (side, phx_refs, diffs_of) in sides {
+            for phx_ref in phx_refs {
+                let diffs = diffs_of(client, phx_ref);
+                assert_eq!(
+                    diffs.len(),
+                    1,
+                    "{}: {} ({side} of {phx_ref}) should arrive in exactly one diff: {diffs:#?}",
+                    client.name,
+                    change.what
+                );
+                seen.extend(diffs);
+            }
         }
         for diff in seen {
             let took = diff.at.duration_since(change.t0);
