@@ -37,12 +37,11 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, interval, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{
-    Failure, FailureKind, Session, Target, Transport, describe_failures, start_at_rate,
-};
+use crate::client::{Failure, Target, Transport, describe_failures, start_at_rate};
+use crate::fanout::{EVENT, Joined, Receipts, Stamp, micros_since, stamp_broadcasts};
 use crate::latency::Latencies;
 use crate::measure::{Process, check_file_limits};
 
@@ -150,13 +149,6 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     timeout: u64,
 }
-
-/// The event the conformance app's API broadcasts are sent as.
-const EVENT: &str = "msg";
-
-/// A subscriber's receipts: (sequence number, microseconds since the
-/// run's epoch).
-type Receipts = Vec<(usize, u64)>;
 
 /// What every subscriber task needs.
 struct Ctx {
@@ -705,71 +697,28 @@ fn print_summary(r: &Value) {
     }
 }
 
-fn micros_since(epoch: Instant) -> u64 {
-    epoch.elapsed().as_micros().try_into().unwrap_or(u64::MAX)
-}
-
-/// One subscriber: connects to its node, joins its topic, reports, then
-/// stamps every broadcast until it has all of its topic's or the run
-/// stops; stays connected until then, so closes do not load the nodes
-/// while others still receive.
+/// One subscriber, on its node and topic; stays connected until the run
+/// stops, so closes do not load the nodes while others still receive.
 async fn subscriber(
     i: usize,
     ctx: Arc<Ctx>,
-    joined: mpsc::UnboundedSender<Result<(), Failure>>,
+    joined: mpsc::UnboundedSender<Joined>,
     receipts: mpsc::UnboundedSender<(usize, Receipts)>,
     stop: CancellationToken,
 ) {
     let (node, topic_index) = ctx.place(i);
-    let topic = &ctx.topics[topic_index];
-    let want = ctx.per_topic[topic_index];
-    let setup = async {
-        let mut session = timeout(ctx.step_timeout, Session::open(&ctx.targets[node], None))
-            .await
-            .map_err(|_| Failure::new(FailureKind::Timeout, "connect"))??;
-        timeout(ctx.step_timeout, session.join(topic))
-            .await
-            .map_err(|_| Failure::new(FailureKind::Timeout, "join"))??;
-        Ok::<_, Failure>(session)
+    let stamp = Stamp {
+        target: &ctx.targets[node],
+        source: None,
+        topic: &ctx.topics[topic_index],
+        want: ctx.per_topic[topic_index],
+        step_timeout: ctx.step_timeout,
+        epoch: ctx.epoch,
     };
-    let mut session = match setup.await {
-        Ok(session) => session,
-        Err(f) => {
-            let _ = joined.send(Err(f));
-            return;
-        }
-    };
-    let _ = joined.send(Ok(()));
-    let mut got = Receipts::with_capacity(want);
-    let mut heartbeat = interval(Duration::from_secs(30));
-    heartbeat.tick().await;
-    while got.len() < want {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = heartbeat.tick() => {
-                if session.heartbeat().await.is_err() {
-                    break;
-                }
-            }
-            msg = session.recv() => {
-                let at = micros_since(ctx.epoch);
-                let Ok(msg) = msg else { break };
-                if msg.event != EVENT || msg.topic != *topic {
-                    continue;
-                }
-                let seq = match &msg.payload {
-                    fawkes_protocol::Payload::Json(v) => v.get("seq").and_then(Value::as_u64),
-                    _ => None,
-                };
-                if let Some(seq) = seq {
-                    got.push((seq as usize, at));
-                }
-            }
-        }
-    }
-    let _ = receipts.send((node, got));
-    stop.cancelled().await;
-    let _ = timeout(Duration::from_secs(2), session.close()).await;
+    stamp_broadcasts(stamp, &joined, &stop, |got| {
+        let _ = receipts.send((node, got));
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -62,14 +62,14 @@ pub struct Args {
 }
 
 /// The event the conformance app's API broadcasts are sent as.
-const EVENT: &str = "msg";
+pub(crate) const EVENT: &str = "msg";
 
 /// What a subscriber reports once joined (or not).
-type Joined = Result<(), Failure>;
+pub(crate) type Joined = Result<(), Failure>;
 
 /// A subscriber's receipts: (sequence number, microseconds since the
 /// run's epoch).
-type Receipts = Vec<(usize, u64)>;
+pub(crate) type Receipts = Vec<(usize, u64)>;
 
 /// What every subscriber task needs.
 struct Ctx {
@@ -349,28 +349,37 @@ pub async fn run(args: Args) -> Result<Value, String> {
     Ok(report)
 }
 
-fn micros_since(epoch: Instant) -> u64 {
+/// Microseconds from `epoch` to now.
+pub(crate) fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros().try_into().unwrap_or(u64::MAX)
 }
 
-/// One subscriber: connects, joins, reports, then stamps every broadcast
-/// until it has all of them or the run stops. Heartbeats every 30 s, as
-/// phoenix.js does, so long runs are not closed as idle.
-async fn subscriber(
-    i: usize,
-    ctx: Arc<Ctx>,
-    joined: mpsc::UnboundedSender<Joined>,
-    receipts: mpsc::UnboundedSender<Receipts>,
-    stop: CancellationToken,
+/// Where a stamping subscriber connects and what it waits for.
+pub(crate) struct Stamp<'a> {
+    pub(crate) target: &'a Target,
+    pub(crate) source: Option<std::net::IpAddr>,
+    pub(crate) topic: &'a str,
+    /// Broadcasts to wait for.
+    pub(crate) want: usize,
+    pub(crate) step_timeout: Duration,
+    pub(crate) epoch: Instant,
+}
+
+/// One subscriber: connects, joins, reports on `joined`, then stamps every
+/// `msg` broadcast (its `seq`) until it has `want` of them or the run
+/// stops, and hands them to `report`. Heartbeats every 30 s, as phoenix.js
+/// does, so long runs are not closed as idle.
+pub(crate) async fn stamp_broadcasts(
+    s: Stamp<'_>,
+    joined: &mpsc::UnboundedSender<Joined>,
+    stop: &CancellationToken,
+    report: impl FnOnce(Receipts),
 ) {
     let setup = async {
-        let mut session = timeout(
-            ctx.step_timeout,
-            Session::open(&ctx.target, ctx.sources.for_connection(i)),
-        )
-        .await
-        .map_err(|_| Failure::new(FailureKind::Timeout, "connect"))??;
-        timeout(ctx.step_timeout, session.join(&ctx.topic))
+        let mut session = timeout(s.step_timeout, Session::open(s.target, s.source))
+            .await
+            .map_err(|_| Failure::new(FailureKind::Timeout, "connect"))??;
+        timeout(s.step_timeout, session.join(s.topic))
             .await
             .map_err(|_| Failure::new(FailureKind::Timeout, "join"))??;
         Ok::<_, Failure>(session)
@@ -383,10 +392,10 @@ async fn subscriber(
         }
     };
     let _ = joined.send(Ok(()));
-    let mut got = Receipts::with_capacity(ctx.broadcasts);
+    let mut got = Receipts::with_capacity(s.want);
     let mut heartbeat = interval(Duration::from_secs(30));
     heartbeat.tick().await;
-    while got.len() < ctx.broadcasts {
+    while got.len() < s.want {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = heartbeat.tick() => {
@@ -395,9 +404,9 @@ async fn subscriber(
                 }
             }
             msg = session.recv() => {
-                let at = micros_since(ctx.epoch);
+                let at = micros_since(s.epoch);
                 let Ok(msg) = msg else { break };
-                if msg.event != EVENT || msg.topic != ctx.topic {
+                if msg.event != EVENT || msg.topic != s.topic {
                     continue;
                 }
                 let seq = match &msg.payload {
@@ -410,12 +419,34 @@ async fn subscriber(
             }
         }
     }
-    let _ = receipts.send(got);
+    report(got);
     // Closing at once would load the server (and this tool) while the last
     // broadcast still reaches the others: wait until every subscriber has
     // reported.
     stop.cancelled().await;
     let _ = timeout(Duration::from_secs(2), session.close()).await;
+}
+
+/// A fan-out subscriber.
+async fn subscriber(
+    i: usize,
+    ctx: Arc<Ctx>,
+    joined: mpsc::UnboundedSender<Joined>,
+    receipts: mpsc::UnboundedSender<Receipts>,
+    stop: CancellationToken,
+) {
+    let stamp = Stamp {
+        target: &ctx.target,
+        source: ctx.sources.for_connection(i),
+        topic: &ctx.topic,
+        want: ctx.broadcasts,
+        step_timeout: ctx.step_timeout,
+        epoch: ctx.epoch,
+    };
+    stamp_broadcasts(stamp, &joined, &stop, |got| {
+        let _ = receipts.send(got);
+    })
+    .await;
 }
 
 #[cfg(test)]
