@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Changes, ReplicaId, ReplicaStatus, State};
+use super::state::{Changes, Diff, ReplicaId, ReplicaStatus, State};
 use super::tracker::{Meta, Shard, Tracker, random_u64};
 use super::wire::{self, Clock, Kind, Message};
 use crate::pubsub::NodeMessage;
@@ -164,13 +164,7 @@ impl Tracker {
     fn tick(&self) {
         let now = Instant::now();
         let max_silent = self.max_silent();
-        for i in 0..self.shards.len() {
-            let mut out = Vec::new();
-            let mut shard = self.lock(i);
-            let Shard { state, gossip, .. } = &mut *shard;
-            let Some(g) = gossip.as_mut().filter(|g| !g.closed) else {
-                continue;
-            };
+        self.each_replica(|state, g, out| {
             g.tick += 1;
             // 1. Heartbeat: the delta, or proof of life now and then. A
             // replica that knows no peer yet calls every tick, so that a
@@ -205,7 +199,7 @@ impl Tracker {
                     .filter_map(|(_, (r, _))| *r)
                     .collect();
                 for r in kept {
-                    request(g, r, state.replica(), &own, &mut out);
+                    request(g, r, state.replica(), &own, out);
                 }
             }
             // 3. Failure detection.
@@ -227,16 +221,17 @@ impl Tracker {
                 }
                 true
             });
-            for diff in diffs {
-                self.emit(&mut shard, diff);
-            }
-            drop(shard);
-            self.send(i, out);
-        }
+            diffs
+        });
     }
 
-    /// Runs `f` on every shard's open replica, then sends what it queued.
-    fn each_replica(&self, mut f: impl FnMut(&mut State<Meta>, &mut Gossip, &mut Vec<Out>)) {
+    /// Runs `f` on every shard's open replica, emits the diffs it returns
+    /// to local subscribers, then sends what it queued (outside the lock:
+    /// a full state can be large to encode).
+    fn each_replica(
+        &self,
+        mut f: impl FnMut(&mut State<Meta>, &mut Gossip, &mut Vec<Out>) -> Vec<Diff<Meta>>,
+    ) {
         for i in 0..self.shards.len() {
             let mut out = Vec::new();
             {
@@ -245,7 +240,9 @@ impl Tracker {
                 let Some(g) = gossip.as_mut().filter(|g| !g.closed) else {
                     continue;
                 };
-                f(state, g, &mut out);
+                for diff in f(state, g, &mut out) {
+                    self.emit(&mut shard, diff);
+                }
             }
             self.send(i, out);
         }
@@ -273,6 +270,7 @@ impl Tracker {
                     changes: None,
                 });
             }
+            Vec::new()
         });
     }
 
@@ -291,6 +289,7 @@ impl Tracker {
                 clock: Clock::new(),
                 changes: None,
             });
+            Vec::new()
         });
     }
 
