@@ -23,25 +23,6 @@ bench="$target_dir/release/fawkes-bench"
 port=4400
 url="ws://127.0.0.1:$port/socket/websocket"
 
-# One run: a fresh server, the tool with its pid, the server stopped. The
-# tool's last line is its JSON report.
-run() {
-  "$server_bin" --port "$port" >/dev/null 2>&1 &
-  local pid=$!
-  for _ in $(seq 50); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-  local out rc=0
-  out=$("$bench" "$@" --server-pid "$pid" 2> >(cat >&2)) || rc=$?
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  printf '%s\n' "$out" | sed '$d' >&2
-  printf '%s\n' "$out" | tail -n 1
-  [ "$rc" -eq 0 ] || echo "run failed with exit code $rc: $*" >&2
-  sleep 2
-}
-
 wait_port() {
   for _ in $(seq 50); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
@@ -49,6 +30,28 @@ wait_port() {
   done
   echo "nothing listens on port $1" >&2
   return 1
+}
+
+# A run's human lines to stderr, its JSON line (the last) to stdout, and
+# a word if it failed: report RC OUTPUT WHAT.
+report() {
+  printf '%s\n' "$2" | sed '$d' >&2
+  printf '%s\n' "$2" | tail -n 1
+  [ "$1" -eq 0 ] || echo "run failed with exit code $1: $3" >&2
+}
+
+# One run: a fresh server, the tool with its pid, the server stopped. The
+# tool's last line is its JSON report.
+run() {
+  "$server_bin" --port "$port" >/dev/null 2>&1 &
+  local pid=$!
+  wait_port "$port" || true
+  local out rc=0
+  out=$("$bench" "$@" --server-pid "$pid" 2> >(cat >&2)) || rc=$?
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  report "$rc" "$out" "$*"
+  sleep 2
 }
 
 # The cluster's own Redis, on a free port: its byte counters then count
@@ -93,9 +96,7 @@ cluster_run() {
     --pubsub-routing "$routing" --placement "$placement" "$@" 2> >(cat >&2)) || rc=$?
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
-  printf '%s\n' "$out" | sed '$d' >&2
-  printf '%s\n' "$out" | tail -n 1
-  [ "$rc" -eq 0 ] || echo "run failed with exit code $rc: cluster $nodes $routing $placement $*" >&2
+  report "$rc" "$out" "cluster $nodes $routing $placement $*"
   sleep 1
 }
 
