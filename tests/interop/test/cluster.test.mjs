@@ -5,7 +5,6 @@
 // sends each HTTP request to the next node in turn (no sticky sessions).
 import { test, describe, before, after, afterEach } from "node:test"
 import assert from "node:assert/strict"
-import http from "node:http"
 import * as h from "./support.mjs"
 
 const REDIS_URL = process.env.REDIS_URL || "redis://127.0.0.1:6379"
@@ -36,27 +35,12 @@ after(async () => {
 async function startRoundRobinProxy(nodes) {
   let next = 0
   const hits = nodes.map(() => 0)
-  const server = http.createServer((req, res) => {
+  const proxy = await h.startHttpProxy(() => {
     const i = next++ % nodes.length
     hits[i]++
-    const upstream = http.request({
-      host: "127.0.0.1", port: nodes[i].port, method: req.method, path: req.url, headers: req.headers,
-    }, (upRes) => {
-      res.writeHead(upRes.statusCode, upRes.headers)
-      upRes.pipe(res)
-    })
-    upstream.on("error", () => res.destroy())
-    res.on("close", () => upstream.destroy())
-    req.pipe(upstream)
+    return nodes[i]
   })
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve))
-  const { port } = server.address()
-  return {
-    port, hits,
-    url: `ws://127.0.0.1:${port}`,
-    httpUrl: `http://127.0.0.1:${port}`,
-    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }),
-  }
+  return { ...proxy, hits }
 }
 
 describe("cluster of two nodes", () => {

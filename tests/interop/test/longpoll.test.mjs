@@ -6,7 +6,6 @@
 // The channel scenarios themselves run over LongPoll in the other files.
 import { test, describe, before, after, afterEach } from "node:test"
 import assert from "node:assert/strict"
-import http from "node:http"
 import * as h from "./support.mjs"
 
 let server
@@ -34,33 +33,21 @@ function spyFetch() {
  */
 async function startUpgradeStrippingProxy(target, mode) {
   const seen = new h.Inbox(`proxy (${mode}) requests`)
-  const proxy = http.createServer((req, res) => {
+  const proxy = await h.startHttpProxy((req) => {
     seen.add({ method: req.method, path: req.url.split("?")[0], upgrade: false })
-    const upstream = http.request({
-      host: "127.0.0.1", port: target.port, method: req.method, path: req.url, headers: req.headers,
-    }, (upRes) => {
-      res.writeHead(upRes.statusCode, upRes.headers)
-      upRes.pipe(res)
-    })
-    upstream.on("error", () => res.destroy())
-    res.on("close", () => upstream.destroy())
-    req.pipe(upstream)
+    return target
+  }, {
+    onUpgrade: (req, socket) => {
+      seen.add({ method: req.method, path: req.url.split("?")[0], upgrade: true })
+      if (mode === "400") {
+        socket.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+      } else {
+        socket.destroy()
+      }
+    },
   })
-  proxy.on("upgrade", (req, socket) => {
-    seen.add({ method: req.method, path: req.url.split("?")[0], upgrade: true })
-    if (mode === "400") {
-      socket.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    } else {
-      socket.destroy()
-    }
-  })
-  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve))
-  const { port } = proxy.address()
-  h.onCleanup(() => new Promise((resolve) => {
-    proxy.closeAllConnections()
-    proxy.close(() => resolve())
-  }))
-  return { port, url: `ws://127.0.0.1:${port}`, httpUrl: `http://127.0.0.1:${port}`, seen }
+  h.onCleanup(proxy.close)
+  return { ...proxy, seen }
 }
 
 describe("longpoll", { skip: !h.hasTransport("longpoll") && "FAWKES_TRANSPORTS excludes longpoll" }, () => {

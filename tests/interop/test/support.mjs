@@ -8,6 +8,7 @@
 //   `closeAll()` (call it from `afterEach`), so node exits at the end.
 
 import { spawn } from "node:child_process"
+import http from "node:http"
 import { existsSync } from "node:fs"
 import path from "node:path"
 import { describe as suite } from "node:test"
@@ -200,6 +201,36 @@ export async function startServer(opts = {}) {
       await exited
       clearTimeout(t)
     },
+  }
+}
+
+/**
+ * An HTTP proxy in front of conformance nodes: each plain request goes to
+ * the node `route(req)` returns, answered as it answers. WebSocket upgrades
+ * go to `onUpgrade(req, socket)` (by default they are dropped). Resolves
+ * with `{port, url, httpUrl, close()}`.
+ */
+export async function startHttpProxy(route, { onUpgrade = (_req, socket) => socket.destroy() } = {}) {
+  const proxy = http.createServer((req, res) => {
+    const target = route(req)
+    const upstream = http.request({
+      host: "127.0.0.1", port: target.port, method: req.method, path: req.url, headers: req.headers,
+    }, (upRes) => {
+      res.writeHead(upRes.statusCode, upRes.headers)
+      upRes.pipe(res)
+    })
+    upstream.on("error", () => res.destroy())
+    res.on("close", () => upstream.destroy())
+    req.pipe(upstream)
+  })
+  proxy.on("upgrade", onUpgrade)
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve))
+  const { port } = proxy.address()
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    close: () => new Promise((resolve) => { proxy.closeAllConnections(); proxy.close(() => resolve()) }),
   }
 }
 
