@@ -28,11 +28,13 @@
 //!   an in-memory transport for clients in the same process.
 //! * [`endpoint`]: the builder and the handle users hold.
 //! * [`token`]: signed tokens, to authenticate sockets (and LongPoll sessions).
+//! * [`js`]: the JavaScript client, served by an opt-in route.
 //! * `testing` (feature `testing`): in-memory sockets to test channels
 //!   without a network.
 
 pub mod channel;
 pub mod endpoint;
+pub mod js;
 mod mailbox;
 pub mod presence;
 pub mod pubsub;

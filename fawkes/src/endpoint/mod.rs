@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::any;
+use axum::routing::{any, get};
 use fawkes_protocol::Payload;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +96,8 @@ pub(crate) struct SocketConfig {
     pub(crate) websocket: WebSocketConfig,
     /// `None`: no LongPoll transport.
     pub(crate) longpoll: Option<LongPollConfig>,
+    /// Serve the JavaScript client at `<path>/fawkes.js`.
+    pub(crate) client_js: bool,
 }
 
 impl SocketConfig {
@@ -320,6 +322,7 @@ impl EndpointBuilder {
                 check_origin: CheckOrigin::default(),
                 websocket: WebSocketConfig::default(),
                 longpoll: None,
+                client_js: false,
             },
         }
     }
@@ -378,6 +381,9 @@ impl EndpointBuilder {
                     }),
                 );
             }
+            if config.client_js {
+                router = router.route(&format!("{path}/fawkes.js"), get(crate::js::serve));
+            }
             let env = shared.clone();
             router = router.route(
                 &format!("{path}/websocket"),
@@ -432,6 +438,17 @@ impl SocketBuilder {
     /// them apart. Binary frames are never sent over LongPoll (PROTOCOL §6.6).
     pub fn longpoll(mut self, config: LongPollConfig) -> Self {
         self.config.longpoll = Some(config);
+        self
+    }
+
+    /// Serves Fawkes's JavaScript client at `<path>/fawkes.js` (for a socket
+    /// at `/socket`: `/socket/fawkes.js`), so pages load it with no build
+    /// step: `import { Socket } from "/socket/fawkes.js"`. Off by default.
+    /// Answers carry an `ETag` and `Cache-Control: no-cache`, so browsers
+    /// revalidate and fetch a new version only after an upgrade. See
+    /// [`crate::js`].
+    pub fn client_js(mut self) -> Self {
+        self.config.client_js = true;
         self
     }
 

@@ -1,0 +1,2 @@
+// Fawkes's JavaScript client: being written.
+export {}
