@@ -14,7 +14,21 @@ import path from "node:path"
 import { describe as suite } from "node:test"
 import { fileURLToPath } from "node:url"
 import WebSocket from "ws"
-import { Socket, LongPoll, Presence } from "phoenix"
+
+/**
+ * The client under test: `FAWKES_CLIENT=phoenix` (default, the official
+ * phoenix npm package) or `FAWKES_CLIENT=fawkes` (Fawkes's own client,
+ * fawkes/js/fawkes.js, which has the same API).
+ */
+export const CLIENT = process.env.FAWKES_CLIENT || "phoenix"
+if (!["phoenix", "fawkes"].includes(CLIENT)) {
+  throw new Error(`FAWKES_CLIENT: unknown client ${JSON.stringify(CLIENT)} (phoenix or fawkes)`)
+}
+/** Whether the suite drives Fawkes's client (for the few client-conditional expectations). */
+export const IS_FAWKES = CLIENT === "fawkes"
+const { Socket, LongPoll, Presence } = IS_FAWKES
+  ? await import("../../../fawkes/js/fawkes.js")
+  : await import("phoenix")
 
 export { WebSocket, Socket, LongPoll, Presence }
 
