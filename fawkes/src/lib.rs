@@ -51,7 +51,7 @@ pub use channel::{
     Channel, ChannelError, ChannelHandle, Context, HandleResult, Reply, ReplyRef, StopReason,
     TimerRef,
 };
-pub use endpoint::{Endpoint, EndpointBuilder, SocketBuilder, Stats};
+pub use endpoint::{Endpoint, EndpointBuilder, SocketBuilder, Stats, shutdown_signal};
 pub use fawkes_protocol::Payload;
 pub use presence::{Presence, PresenceConfig, PresenceError, PresenceOwner};
 pub use socket::{Assigns, ConnectInfo, Params, Refused, Socket, Transport};

@@ -109,3 +109,41 @@ async fn shutdown_gives_up_on_a_stuck_channel_after_the_timeout() {
         .expect("shutdown did not return after its timeout");
     assert_eq!(reader.await.unwrap(), Some(1012));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_serve_gives_peers_and_drains_on_its_shutdown_future() {
+    let (obs, mut seen) = observer();
+    let (router, endpoint) = support::probe_endpoint(&obs).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move {
+            endpoint
+                .serve(listener, router, async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+
+    let mut client = Client::connect(addr, "").await;
+    client.join("probe:1", json!({})).await;
+    let (_, info) = seen.connected().await;
+    assert_eq!(
+        info.peer,
+        Some(client.local_addr),
+        "connect sees the peer address"
+    );
+
+    let reader = tokio::spawn(async move { client.expect_close().await });
+    stop.send(()).unwrap();
+    assert_eq!(reader.await.unwrap(), Some(1012));
+    tokio::time::timeout(support::TIMEOUT, served)
+        .await
+        .expect("serve did not return")
+        .unwrap()
+        .unwrap();
+    assert_eq!(endpoint.stats().sockets, 0);
+}

@@ -27,10 +27,7 @@ mod channels;
 mod http_api;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
-
-use axum::serve::ListenerExt;
 
 use fawkes::pubsub::redis::{RedisAdapter, RedisConfig, RedisUrlError, Routing};
 use fawkes::{
@@ -171,20 +168,5 @@ pub async fn serve(
         tracing::warn!(node = %opts.node_name, "not linked to the cluster yet (redis unreachable?); serving local clients and retrying");
     }
     tracing::info!(node = %opts.node_name, "listening on http://{}", listener.local_addr()?);
-    // Small frames must leave at once, not wait behind an unacknowledged
-    // one (Nagle's algorithm) for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        endpoint.shutdown().await;
-    })
-    .await
+    endpoint.serve(listener, router, shutdown).await
 }

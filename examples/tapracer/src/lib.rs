@@ -26,11 +26,9 @@ mod hub;
 mod pages;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use fawkes::{Endpoint, LongPollConfig, WebSocketConfig};
 
 pub use channels::{
@@ -92,19 +90,5 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (router, endpoint) = app(&opts);
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    // Taps and ticks are small frames: send each at once (no Nagle delay).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        endpoint.shutdown().await;
-    })
-    .await
+    endpoint.serve(listener, router, shutdown).await
 }

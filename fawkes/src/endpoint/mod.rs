@@ -6,7 +6,6 @@
 //! channel, disconnects sockets by id, reports counts and shuts down.
 //!
 //! ```no_run
-//! use axum::serve::ListenerExt;
 //! use fawkes::{Assigns, Channel, ConnectInfo, Context, Endpoint, HandleResult, Params, Payload, Refused, Socket};
 //! use serde_json::{json, Value};
 //!
@@ -35,20 +34,14 @@
 //!     .channel("room:*", Room)
 //!     .build();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
-//! // Realtime frames are small: send each at once, never held back by
-//! // Nagle's algorithm waiting for the client's delayed ACK.
-//! let listener = listener.tap_io(|tcp| {
-//!     let _ = tcp.set_nodelay(true);
-//! });
-//! let shutdown = endpoint.clone();
-//! axum::serve(listener, router)
-//!     .with_graceful_shutdown(async move {
-//!         let _ = tokio::signal::ctrl_c().await;
-//!         shutdown.shutdown().await;
-//!     })
-//!     .await
+//! // Until Ctrl-C or SIGTERM; then every socket is closed with 1012.
+//! endpoint.serve(listener, router, fawkes::shutdown_signal()).await
 //! # }
 //! ```
+
+mod serve;
+
+pub use serve::shutdown_signal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

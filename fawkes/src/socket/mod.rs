@@ -206,7 +206,8 @@ pub struct ConnectInfo {
     /// The request headers.
     pub headers: HeaderMap,
     /// The client's address, when the server was started with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    /// `into_make_service_with_connect_info::<SocketAddr>()` (as
+    /// [`Endpoint::serve`](crate::Endpoint::serve) does).
     pub peer: Option<SocketAddr>,
     /// The request URI.
     pub uri: Uri,
