@@ -38,7 +38,8 @@ const ui = {
 
 ui.joinUrl.textContent = location.host;
 
-const socket = new Socket("/socket", {});
+// Behind a proxy that blocks WebSockets, long-poll instead.
+const socket = new Socket("/socket", { longPollFallbackMs: 2500 });
 watchConnection(socket, ui.conn);
 
 const state = new RaceState();

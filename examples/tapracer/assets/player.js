@@ -88,7 +88,8 @@ function startSession(name) {
   flash(ui.startError, "", 0);
   flash(ui.chatError, "", 0);
 
-  const socket = new Socket("/socket", { params: { name } });
+  // Behind a proxy that blocks WebSockets, long-poll instead.
+  const socket = new Socket("/socket", { params: { name }, longPollFallbackMs: 2500 });
   const state = new RaceState();
   const phaseView = new PhaseView(ui.phase, { idleText: "Lobby" });
   const s = { name, socket, state, phaseView, you: null, playJoined: false, live: true };

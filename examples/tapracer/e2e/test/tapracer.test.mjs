@@ -1,5 +1,6 @@
 // TapRacer end to end: the server binary, a console page and three player
-// pages in Debian's chromium, a chat, two races, screenshots.
+// pages in Debian's chromium, a chat, two races (the second with a fourth
+// player who falls back to LongPoll), screenshots.
 //
 //   TAPRACER_BIN          the server binary (default ../../../target/debug/tapracer)
 //   CHROMIUM_PATH         the browser (default /usr/bin/chromium)
@@ -179,9 +180,11 @@ async function phaseOf(page) {
 
 /**
  * Taps until the race is over: by the space bar or by clicking TAP, every
- * `everyMs`. Returns how many taps were made. Deadline: 15 s.
+ * `everyMs`, at most `maxTaps` times (then it only waits), so that who wins
+ * does not hang on how fast each page runs. Returns how many taps were made.
+ * Deadline: 15 s.
  */
-async function tapUntilFinished(page, { how, everyMs, afterTap = null }) {
+async function tapUntilFinished(page, { how, everyMs, maxTaps = Infinity, afterTap = null }) {
   const deadline = Date.now() + 15000;
   let taps = 0;
   // Clicks go to the middle of the TAP button, as a finger would: real
@@ -191,6 +194,10 @@ async function tapUntilFinished(page, { how, everyMs, afterTap = null }) {
   let box = await tapButton.boundingBox();
   while ((await phaseOf(page)) === "racing") {
     if (Date.now() > deadline) throw new Error(`[${page.label}] the race did not finish within 15 s`);
+    if (taps >= maxTaps) {
+      await sleep(everyMs);
+      continue;
+    }
     if (how === "space") await page.keyboard.press("Space");
     else await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
     taps += 1;
@@ -306,7 +313,7 @@ test("tapracer: lobby, chat, two races, leaderboard, screenshots", { timeout: 55
   await waitText(carol, "start-error", "race in progress");
   const [aliceTaps, bobTaps] = await Promise.all([
     tapUntilFinished(alice, { how: "space", everyMs: 40 }),
-    tapUntilFinished(bob, { how: "click", everyMs: 250 }),
+    tapUntilFinished(bob, { how: "click", everyMs: 250, maxTaps: TRACK / 2 }),
     carol.getByTestId("tap").click(),
   ]);
   step(`race 1 over (alice ${aliceTaps} presses, bob ${bobTaps} clicks)`);
@@ -331,14 +338,42 @@ test("tapracer: lobby, chat, two races, leaderboard, screenshots", { timeout: 55
   }
   assertNoPageErrors(errors);
 
+  step("dave, behind a proxy that refuses WebSockets, falls back to LongPoll and joins");
+  const dave = await newPage(browser, "dave", errors, phone);
+  // What such a proxy does to a page: every WebSocket fails before it opens.
+  await dave.addInitScript(() => {
+    window.WebSocket = class BlockedWebSocket {
+      constructor(url) {
+        this.url = url;
+        this.readyState = 0;
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onerror?.(new Event("error"));
+          this.onclose?.({ code: 1006, reason: "", wasClean: false });
+        }, 50);
+      }
+      send() {}
+      close() {}
+    };
+  });
+  const longpolls = [];
+  dave.on("request", (req) => {
+    if (new URL(req.url()).pathname === "/socket/longpoll") longpolls.push(req.method());
+  });
+  await dave.goto(`${base}/`);
+  await pickName(dave, "dave");
+  const everyone = [...names, "dave"];
+  for (const page of [alice, bob, carol, dave, consolePage]) await waitLobby(page, everyone);
+  assert.ok(longpolls.includes("GET") && longpolls.includes("POST"), `dave long-polls: ${longpolls.join(" ")}`);
+
   step("race 2: bob starts it from his phone, and wins by clicking");
-  const countdowns2 = [watchCountdown(consolePage, { overlay: true }), watchCountdown(bob)];
+  const countdowns2 = [watchCountdown(consolePage, { overlay: true }), watchCountdown(bob), watchCountdown(dave)];
   await bob.getByTestId("start").click();
   await Promise.all(countdowns2);
   await waitUntil(consolePage, "a new race number", () => document.querySelector('[data-testid="track"]').dataset.race === "2");
   await waitUntil(consolePage, "the track reset", () =>
     [...document.querySelectorAll('[data-testid="track"] [data-testid="lane"]')].every((e) => e.dataset.taps === "0"));
-  for (const page of [alice, bob, carol, consolePage]) await waitPhase(page, "racing", WAIT_MS + COUNTDOWN_MS);
+  for (const page of [alice, bob, carol, dave, consolePage]) await waitPhase(page, "racing", WAIT_MS + COUNTDOWN_MS);
   await Promise.all([
     tapUntilFinished(bob, {
       how: "click",
@@ -350,15 +385,17 @@ test("tapracer: lobby, chat, two races, leaderboard, screenshots", { timeout: 55
         await bob.screenshot({ path: path.join(shots, "tapracer-player.png") });
       },
     }),
-    tapUntilFinished(alice, { how: "space", everyMs: 400 }),
+    tapUntilFinished(alice, { how: "space", everyMs: 400, maxTaps: TRACK / 2 }),
     // Carol's focus is still on Start race (she clicked it in race 1): the
     // space bar taps all the same.
-    tapUntilFinished(carol, { how: "space", everyMs: 350 }),
+    tapUntilFinished(carol, { how: "space", everyMs: 350, maxTaps: TRACK / 2 }),
+    tapUntilFinished(dave, { how: "click", everyMs: 300, maxTaps: TRACK / 2 }),
   ]);
   await waitText(consolePage, "winner-name", "bob");
   const lanes2 = await consolePage.evaluate(probe.lanes);
   assert.ok(lanes2.find((l) => l.name === "carol").taps > 0, `carol's space bar taps count: ${JSON.stringify(lanes2)}`);
-  for (const page of [alice, bob, carol]) await waitText(page, "phase", "bob wins!");
+  assert.ok(lanes2.find((l) => l.name === "dave").taps > 0, `dave's taps over LongPoll count: ${JSON.stringify(lanes2)}`);
+  for (const page of [alice, bob, carol, dave]) await waitText(page, "phase", "bob wins!");
   await waitUntil(consolePage, "alice and bob with a win each", () => {
     const rows = [...document.querySelectorAll('[data-testid="leaderboard"] [data-testid="leaderboard-row"]')];
     const got = rows.map((r) => `${r.dataset.name}:${r.dataset.wins}`).sort();
