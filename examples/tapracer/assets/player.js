@@ -48,19 +48,28 @@ const ui = {
 // tears it down and opens a new one (the name is a connect param).
 let session = null;
 
-function remembered() {
+// The name is kept per tab (sessionStorage: a reload rejoins at once) and
+// per browser (localStorage: a new window offers it, so two windows of one
+// browser can race as two players).
+function stored(which) {
   try {
-    return localStorage.getItem(NAME_KEY) || "";
+    return window[which].getItem(NAME_KEY) || "";
   } catch {
     return "";
   }
 }
 
+function remembered() {
+  return stored("sessionStorage") || stored("localStorage");
+}
+
 function remember(name) {
-  try {
-    localStorage.setItem(NAME_KEY, name);
-  } catch {
-    // Private mode: the name is simply not remembered.
+  for (const which of ["sessionStorage", "localStorage"]) {
+    try {
+      window[which].setItem(NAME_KEY, name);
+    } catch {
+      // Private mode: the name is simply not remembered.
+    }
   }
 }
 
@@ -263,7 +272,7 @@ ui.changeName.addEventListener("click", () => {
 // ---------------------------------------------------------------- go
 
 {
-  const checked = checkName(remembered());
+  const checked = checkName(stored("sessionStorage"));
   if (checked.name) startSession(checked.name);
-  else showNameScreen("");
+  else showNameScreen(stored("localStorage"));
 }

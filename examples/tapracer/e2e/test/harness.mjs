@@ -104,11 +104,12 @@ export async function launchBrowser() {
 }
 
 /**
- * A page in its own browser context (its own cookies and localStorage),
- * whose console errors and page errors land in `errors`.
+ * A page in its own browser context (its own cookies and storage), or in
+ * `context` (another window of that browser), whose console errors and page
+ * errors land in `errors`.
  */
-export async function newPage(browser, label, errors, contextOptions = {}) {
-  const context = await browser.newContext(contextOptions);
+export async function newPage(browser, label, errors, contextOptions = {}, context = null) {
+  context ??= await browser.newContext(contextOptions);
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   page.on("console", (msg) => {

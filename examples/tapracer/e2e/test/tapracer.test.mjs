@@ -272,6 +272,15 @@ test("tapracer: lobby, chat, two races, leaderboard, screenshots", { timeout: 55
     document.querySelector('[data-testid="my-name"]').textContent === "carol");
   await waitReady(carol);
   for (const page of [alice, bob, carol, consolePage]) await waitLobby(page, names);
+
+  step("a second window of alice's browser offers her name but waits for a new one");
+  const second = await newPage(browser, "alice's second window", errors, {}, alice.context());
+  await second.goto(`${base}/`);
+  await waitUntil(second, "the name form, prefilled with alice", () =>
+    !document.querySelector('[data-testid="name-screen"]').hidden &&
+    document.querySelector('[data-testid="name-input"]').value === "alice");
+  await second.close();
+  await waitLobby(consolePage, names);
   // Each player's own entry is marked.
   for (const page of [alice, bob, carol]) {
     const mine = await page.evaluate(() =>
