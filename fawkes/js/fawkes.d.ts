@@ -155,7 +155,8 @@ export declare class Channel {
   pushBuffer: Push[]
   rejoinTimer: Timer
   stateChangeRefs: string[]
-  bindings: Array<{ event: string; ref: number; callback: (payload: any, ref?: string | null, joinRef?: string | null) => void }>
+  /** Every binding, in the order they were added (a copy: use `on` / `off` to change them). */
+  readonly bindings: Array<{ event: string; ref: number; callback: (payload: any, ref?: string | null, joinRef?: string | null) => void }>
   join(timeout?: number): Push
   leave(timeout?: number): Push
   onClose(callback: (payload: any, ref?: string | null, joinRef?: string | null) => void): number

@@ -346,7 +346,9 @@ export class Channel {
     this.topic = topic
     this.params = toFn(params || {})
     this.socket = socket
-    this.bindings = []
+    // event -> its bindings, so a message (a reply above all) reaches its
+    // callbacks without a scan of every binding of the channel
+    this.bindingsByEvent = new Map()
     this.bindingRef = 0
     this.timeout = socket.timeout
     this.joinedOnce = false
@@ -419,13 +421,25 @@ export class Channel {
   /** Subscribes to `event`; returns a ref for `off`. */
   on(event, callback) {
     const ref = this.bindingRef++
-    this.bindings.push({ event, ref, callback })
+    const binding = { event, ref, callback }
+    const list = this.bindingsByEvent.get(event)
+    // copy on write (here and in off): a trigger in progress keeps its list
+    this.bindingsByEvent.set(event, list ? [...list, binding] : [binding])
     return ref
   }
 
   /** Removes the binding `ref` of `event`, or all bindings of `event`. */
   off(event, ref) {
-    this.bindings = this.bindings.filter((b) => !(b.event === event && (ref === undefined || ref === b.ref)))
+    const list = this.bindingsByEvent.get(event)
+    if (!list) return
+    const rest = ref === undefined ? [] : list.filter((b) => b.ref !== ref)
+    if (rest.length > 0) this.bindingsByEvent.set(event, rest)
+    else this.bindingsByEvent.delete(event)
+  }
+
+  /** Every binding, in the order of `on` (phoenix.js's `bindings` array; read only). */
+  get bindings() {
+    return [...this.bindingsByEvent.values()].flat().sort((a, b) => a.ref - b.ref)
   }
 
   canPush() { return this.socket.isConnected() && this.isJoined() }
@@ -490,8 +504,10 @@ export class Channel {
   trigger(event, payload, ref, joinRef) {
     const handled = this.onMessage(event, payload, ref, joinRef)
     if (payload && !handled) throw new Error("channel onMessage callbacks must return the payload, modified or unmodified")
-    // a snapshot: callbacks may add or remove bindings
-    for (const b of this.bindings.filter((x) => x.event === event)) {
+    const list = this.bindingsByEvent.get(event)
+    if (!list) return
+    // a snapshot: callbacks that add or remove bindings replace the list
+    for (const b of list) {
       b.callback(handled, ref, joinRef || this.joinRef())
     }
   }
