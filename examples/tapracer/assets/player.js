@@ -191,7 +191,9 @@ function tap() {
   const s = session;
   if (!s || !s.playJoined || !s.socket.isConnected()) return;
   if (s.state.phase !== "racing") return;
-  s.play.push("tap", {});
+  // Taps are never answered: a short timeout lets each push's wait for a
+  // reply go soon, instead of piling up for the default 10 s.
+  s.play.push("tap", {}, 1000);
   ui.tap.classList.remove("pressed");
   // Restart the press animation.
   void ui.tap.offsetWidth;
