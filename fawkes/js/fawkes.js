@@ -1265,28 +1265,52 @@ export class Socket {
   onConnMessage(rawMessage) {
     const connection = this.connection
     const wasOpen = connection && connection.isOpen()
-    this.decode(rawMessage.data, (msg) => {
-      // a decode may finish after the connection was replaced or closed
-      if (connection !== this.connection || (wasOpen && !connection.isOpen())) return
-      const { topic, event, payload, ref, join_ref } = msg
-      if (ref && ref === this.pendingHeartbeatRef) {
-        this.clearHeartbeats()
-        this.heartbeatTimer = setTimeout(() => this.sendHeartbeat(), this.heartbeatIntervalMs)
-      }
-      if (this.hasLogger()) {
-        this.log("receive", `${(payload && payload.status) || ""} ${topic} ${event} ${(ref && `(${ref})`) || ""}`, payload)
-      }
-      // snapshots: callbacks may remove channels or callbacks
-      for (const channel of this.channels) {
-        if (channel.isMember(topic, event, payload, join_ref)) channel.trigger(event, payload, ref, join_ref)
-      }
-      for (const [, cb] of this.stateChangeCallbacks.message) cb(msg)
-      const ping = ref && connection.pings.get(ref)
-      if (ping) {
-        connection.pings.delete(ref)
-        ping()
-      }
-    })
+    // A frame that does not decode to a message is dropped and logged: it
+    // must not take the page or the Node process down (phoenix.js lets the
+    // exception escape). Callbacks run outside the guard: their exceptions
+    // are the app's.
+    const malformed = (err) => this.log("transport", "dropped a frame that does not decode", err)
+    const isMessage = (m) => m !== null && typeof m === "object" && typeof m.topic === "string" && typeof m.event === "string"
+    let sync = true
+    let early = null
+    try {
+      this.decode(rawMessage.data, (msg) => {
+        if (sync) early = { msg }
+        else if (isMessage(msg)) this.dispatchMessage(msg, connection, wasOpen)
+        else malformed(new Error("not a message"))
+      })
+    } catch (err) {
+      malformed(err)
+      return
+    }
+    sync = false
+    if (!early) return // a custom decoder that answers later
+    if (isMessage(early.msg)) this.dispatchMessage(early.msg, connection, wasOpen)
+    else malformed(new Error("not a message"))
+  }
+
+  /** Hands a decoded message to its channels and the message callbacks. */
+  dispatchMessage(msg, connection, wasOpen) {
+    // a decode may finish after the connection was replaced or closed
+    if (connection !== this.connection || (wasOpen && !connection.isOpen())) return
+    const { topic, event, payload, ref, join_ref } = msg
+    if (ref && ref === this.pendingHeartbeatRef) {
+      this.clearHeartbeats()
+      this.heartbeatTimer = setTimeout(() => this.sendHeartbeat(), this.heartbeatIntervalMs)
+    }
+    if (this.hasLogger()) {
+      this.log("receive", `${(payload && payload.status) || ""} ${topic} ${event} ${(ref && `(${ref})`) || ""}`, payload)
+    }
+    // snapshots: callbacks may remove channels or callbacks
+    for (const channel of this.channels) {
+      if (channel.isMember(topic, event, payload, join_ref)) channel.trigger(event, payload, ref, join_ref)
+    }
+    for (const [, cb] of this.stateChangeCallbacks.message) cb(msg)
+    const ping = ref && connection.pings.get(ref)
+    if (ping) {
+      connection.pings.delete(ref)
+      ping()
+    }
   }
 
   /** Leaves another channel object of `topic` that is joined or joining (one join per topic). */
