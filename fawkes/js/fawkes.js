@@ -17,7 +17,10 @@
 // - `vsn: "1.0.0"` without custom `encode`/`decode` uses a built-in V1
 //   serializer (phoenix.js would send V2 arrays to a V1 server), over
 //   WebSocket and LongPoll;
-// - auth tokens are base64-encoded from UTF-8, so non-Latin-1 tokens work.
+// - auth tokens are base64-encoded from UTF-8, so non-Latin-1 tokens work;
+// - a frame that does not decode is dropped and logged, not thrown;
+// - a channel's bindings are kept by event, so a reply does not scan
+//   every push in flight.
 
 const globalRef = typeof self !== "undefined" ? self : (typeof window !== "undefined" ? window : globalThis)
 const pageWindow = typeof window !== "undefined" ? window : null
