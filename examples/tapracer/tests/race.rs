@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::*;
-use tapracer::Options;
 use tapracer::game::Rules;
 
 /// The entrant's taps in a `tick`.
@@ -109,14 +108,11 @@ async fn start_needs_racers() {
 
 #[tokio::test]
 async fn a_flood_of_taps_is_capped() {
-    let server = TestServer::start(Options {
-        rules: Rules {
-            track: 10_000,
-            countdown: Duration::from_millis(100),
-            max_race: Duration::from_secs(60),
-        },
-        tick: Duration::from_millis(20),
-    })
+    let server = TestServer::start(quick_with(Rules {
+        track: 10_000,
+        countdown: Duration::from_millis(100),
+        max_race: Duration::from_secs(60),
+    }))
     .await;
     let mut bot = Racer::join(&server, "bot").await;
     within("start", bot.play.push("start", json!({})))
@@ -168,14 +164,11 @@ async fn a_flood_of_taps_is_capped() {
 
 #[tokio::test]
 async fn joining_during_the_countdown_enters_and_during_the_race_waits() {
-    let server = TestServer::start(Options {
-        rules: Rules {
-            track: 5,
-            countdown: Duration::from_millis(1500),
-            max_race: Duration::from_secs(60),
-        },
-        tick: Duration::from_millis(20),
-    })
+    let server = TestServer::start(quick_with(Rules {
+        track: 5,
+        countdown: Duration::from_millis(1500),
+        max_race: Duration::from_secs(60),
+    }))
     .await;
     let mut viewer = Viewer::join(&server).await;
     let ann = Racer::join(&server, "ann").await;
@@ -209,14 +202,11 @@ async fn joining_during_the_countdown_enters_and_during_the_race_waits() {
 
 #[tokio::test]
 async fn leaving_empties_the_race_and_max_time_ends_it() {
-    let server = TestServer::start(Options {
-        rules: Rules {
-            track: 5,
-            countdown: Duration::from_secs(30),
-            max_race: Duration::from_secs(60),
-        },
-        tick: Duration::from_millis(20),
-    })
+    let server = TestServer::start(quick_with(Rules {
+        track: 5,
+        countdown: Duration::from_secs(30),
+        max_race: Duration::from_secs(60),
+    }))
     .await;
     let mut viewer = Viewer::join(&server).await;
     let ann = Racer::join(&server, "ann").await;
@@ -230,14 +220,11 @@ async fn leaving_empties_the_race_and_max_time_ends_it() {
     assert_eq!(back["race"], 1);
     server.stop().await;
 
-    let server = TestServer::start(Options {
-        rules: Rules {
-            track: 5,
-            countdown: Duration::ZERO,
-            max_race: Duration::from_millis(300),
-        },
-        tick: Duration::from_millis(20),
-    })
+    let server = TestServer::start(quick_with(Rules {
+        track: 5,
+        countdown: Duration::ZERO,
+        max_race: Duration::from_millis(300),
+    }))
     .await;
     let mut ann = Racer::join(&server, "ann").await;
     within("start", ann.play.push("start", json!({})))

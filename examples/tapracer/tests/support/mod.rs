@@ -31,12 +31,17 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 
 /// Short races: 5 taps to the line, a 150 ms countdown, 20 ms ticks.
 pub fn quick() -> Options {
+    quick_with(Rules {
+        track: 5,
+        countdown: Duration::from_millis(150),
+        max_race: Duration::from_secs(60),
+    })
+}
+
+/// [`quick`]'s 20 ms ticks with other rules.
+pub fn quick_with(rules: Rules) -> Options {
     Options {
-        rules: Rules {
-            track: 5,
-            countdown: Duration::from_millis(150),
-            max_race: Duration::from_secs(60),
-        },
+        rules,
         tick: Duration::from_millis(20),
     }
 }
