@@ -40,6 +40,7 @@ export const AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 // the server processes at most this many ndjson lines per POST (PROTOCOL.md §6)
 const MAX_LONGPOLL_BATCH = 100
 
+const isMessage = (m) => m !== null && typeof m === "object" && typeof m.topic === "string" && typeof m.event === "string"
 const toFn = (value) => (typeof value === "function" ? value : () => value)
 const noop = () => {}
 
@@ -1272,24 +1273,26 @@ export class Socket {
     // must not take the page or the Node process down (phoenix.js lets the
     // exception escape). Callbacks run outside the guard: their exceptions
     // are the app's.
-    const malformed = (err) => this.log("transport", "dropped a frame that does not decode", err)
-    const isMessage = (m) => m !== null && typeof m === "object" && typeof m.topic === "string" && typeof m.event === "string"
     let sync = true
-    let early = null
+    let answered = false
+    let early
     try {
       this.decode(rawMessage.data, (msg) => {
-        if (sync) early = { msg }
-        else if (isMessage(msg)) this.dispatchMessage(msg, connection, wasOpen)
-        else malformed(new Error("not a message"))
+        if (sync) { answered = true; early = msg }
+        else this.dispatchDecoded(msg, connection, wasOpen)
       })
     } catch (err) {
-      malformed(err)
+      this.log("transport", "dropped a frame that does not decode", err)
       return
     }
     sync = false
-    if (!early) return // a custom decoder that answers later
-    if (isMessage(early.msg)) this.dispatchMessage(early.msg, connection, wasOpen)
-    else malformed(new Error("not a message"))
+    // not answered yet: a custom decoder that answers later
+    if (answered) this.dispatchDecoded(early, connection, wasOpen)
+  }
+
+  dispatchDecoded(msg, connection, wasOpen) {
+    if (isMessage(msg)) this.dispatchMessage(msg, connection, wasOpen)
+    else this.log("transport", "dropped a frame that does not decode", "not a message")
   }
 
   /** Hands a decoded message to its channels and the message callbacks. */
